@@ -1,0 +1,119 @@
+// Fused re-rank on the CPU: per (query, candidate) pair cost -> weights -> Sinkhorn -> distance,
+// all in per-thread buffers (the (B, k, n, m) cost is never materialised).
+#include <cmath>
+#include <stdexcept>
+
+#include "dots.h"
+#include "kernels.h"
+#include "sinkhorn_core.h"
+
+namespace fastface {
+namespace cpu {
+
+namespace {
+
+// w = s / sum(s) with s >= 0; all-zero s -> uniform, returns true (a fallback).
+bool normalise(float* w, int64_t len) {
+  double total = 0;
+  for (int64_t t = 0; t < len; ++t) total += w[t];
+  if (!(total > 0)) {
+    for (int64_t t = 0; t < len; ++t) w[t] = 1.0f / float(len);
+    return true;
+  }
+  for (int64_t t = 0; t < len; ++t) w[t] = float(w[t] / total);
+  return false;
+}
+
+// ||mean of rows|| of X (len, C), floored.
+float mean_norm(const float* X, int64_t len, int64_t C, std::vector<double>& acc) {
+  acc.assign(C, 0.0);
+  for (int64_t t = 0; t < len; ++t)
+    for (int64_t c = 0; c < C; ++c) acc[c] += X[t * C + c];
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) s += (acc[c] / len) * (acc[c] / len);
+  return float(std::max(std::sqrt(s), kNormFloor));
+}
+
+}  // namespace
+
+void emd_pairs(const EmdPairsArgs& args, int n_threads) {
+  const int64_t B = args.B, k = args.k, n = args.n, m = args.m, C = args.C;
+  if (B == 0 || k == 0) return;
+  if (args.in_dtype != DType::F32) throw std::invalid_argument("emd_pairs (cpu): inputs must be float32");
+  if (args.mode == SinkhornMode::Official) throw std::invalid_argument("emd_pairs: official mode is not fused");
+  const float* x = static_cast<const float*>(args.x);
+  const float* y = static_cast<const float*>(args.y);
+  const float eps = float(args.eps), tol = float(args.tol);
+#pragma omp parallel num_threads(n_threads)
+  {
+    DotsWorkspace<float> dws;
+    SinkhornWorkspace<float> sws;
+    sws.reserve(n, m);
+    std::vector<float> cost(n * m), xn(n), yn(m), wx(n), wy(m);
+    std::vector<double> acc;
+    int64_t last_b = -1;
+    float x_mean_norm = 1.0f;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t p = 0; p < B * k; ++p) {
+      const int64_t qb = p / k;
+      const float* X = x + qb * n * C;
+      const float* Y = y + (args.idx ? args.idx[p] : p) * m * C;
+      if (qb != last_b) {
+        row_norms(X, n, C, xn.data());
+        if (args.weighting == Weighting::APC) x_mean_norm = mean_norm(X, n, C, acc);
+        last_b = qb;
+      }
+      row_norms(Y, m, C, yn.data());
+      dots(X, Y, n, m, C, dws, cost.data());  // raw dot products D_ij
+      bool fell_back = false;
+      if (args.weighting == Weighting::APC) {
+        // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
+        const float y_mean_norm = mean_norm(Y, m, C, acc);
+        std::fill(wy.begin(), wy.end(), 0.0f);
+        for (int64_t i = 0; i < n; ++i) {
+          double s = 0;
+          for (int64_t j = 0; j < m; ++j) {
+            s += cost[i * m + j];
+            wy[j] += cost[i * m + j];
+          }
+          wx[i] = std::max(0.0f, float(s / (double(xn[i]) * m * y_mean_norm)));
+        }
+        for (int64_t j = 0; j < m; ++j) wy[j] = std::max(0.0f, wy[j] / (yn[j] * n * x_mean_norm));
+      }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < m; ++j) cost[i * m + j] = 1.0f - cost[i * m + j] / (xn[i] * yn[j]);
+      if (args.weighting == Weighting::SC) {
+        std::fill(wy.begin(), wy.end(), 0.0f);
+        for (int64_t i = 0; i < n; ++i) {
+          float s = 0;
+          for (int64_t j = 0; j < m; ++j) {
+            s += cost[i * m + j];
+            wy[j] += cost[i * m + j];
+          }
+          wx[i] = std::max(0.0f, s);
+        }
+        for (int64_t j = 0; j < m; ++j) wy[j] = std::max(0.0f, wy[j]);
+      }
+      if (args.weighting == Weighting::Uniform) {
+        std::fill(wx.begin(), wx.end(), 1.0f / float(n));
+        std::fill(wy.begin(), wy.end(), 1.0f / float(m));
+      } else if (args.weighting == Weighting::External) {
+        std::copy(args.wx_in + p * n, args.wx_in + (p + 1) * n, wx.begin());
+        std::copy(args.wy_in + p * m, args.wy_in + (p + 1) * m, wy.begin());
+      } else {
+        fell_back = normalise(wx.data(), n);
+        fell_back = normalise(wy.data(), m) || fell_back;
+      }
+      SolveResult res = solve_one<float>(cost.data(), wx.data(), wy.data(), n, m, eps,
+                                         args.max_iter, tol, args.mode, sws,
+                                         args.flows ? args.flows + p * n * m : nullptr, nullptr, nullptr);
+      args.emd[p] = float(res.distance);
+      args.n_iter[p] = res.n_iter;
+      args.converged[p] = res.converged ? 1 : 0;
+      if (args.fallback) args.fallback[p] = fell_back ? 1 : 0;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastface

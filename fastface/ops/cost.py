@@ -1,0 +1,72 @@
+"""Patch cosine cost: 1 - cos between two sets of patch embeddings."""
+import torch
+
+from .. import _backend as be
+from .._checks import check_same_device, check_tensor
+from ..reference import patch_cost_ref
+
+
+def flatten_pairs(x, y):
+    """Return (xf (P // rep, n, C), yf (P, m, C), rep, batch) for broadcastable x (..., n, C), y (..., m, C)."""
+    batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    n, m, C = x.shape[-2], y.shape[-2], x.shape[-1]
+    y = y.expand(*batch, m, C)
+    # x broadcast over trailing batch dims of y (the (B, 1, n, C) vs (B, k, m, C) case) needs no copy.
+    xb = x.shape[:-2]
+    xb = (1,) * (len(batch) - len(xb)) + tuple(xb)
+    lead = len(batch)
+    while lead > 0 and xb[lead - 1] == 1 and batch[lead - 1] != 1:
+        lead -= 1
+    if all(xb[d] == batch[d] for d in range(lead)):
+        rep = 1
+        for d in range(lead, len(batch)):
+            rep *= batch[d]
+        xf = x.reshape(*xb[:lead], n, C).reshape(-1, n, C)
+    else:
+        rep = 1
+        xf = x.expand(*batch, n, C).reshape(-1, n, C)
+    return xf.contiguous(), y.reshape(-1, m, C).contiguous(), rep, batch
+
+
+def patch_cost(x, y, *, impl="auto", check_finite=True):
+    """Return cost (..., n, m) = 1 - cos(x_i, y_j) for x (..., n, C), y (..., m, C).
+
+    Accumulates in float32 (float64 for float64 inputs); zero-norm patches have cost 1.
+    Differentiable (through the pure-PyTorch twin when gradients are needed).
+    """
+    check_tensor("x", x, min_ndim=2, finite=check_finite)
+    check_tensor("y", y, min_ndim=2, finite=check_finite)
+    check_same_device(x=x, y=y)
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"x and y must have the same channel count C, got x {tuple(x.shape)} "
+                         f"and y {tuple(y.shape)}")
+    try:
+        torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"x and y batch dims must broadcast, got x {tuple(x.shape)} and y {tuple(y.shape)}") from None
+    impl = be.resolve_impl(impl, x.device)
+    if impl == "torch" or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+        return patch_cost_ref(x, y)
+    xf, yf, rep, batch = flatten_pairs(x, y)
+    n, m, C = xf.shape[1], yf.shape[1], xf.shape[2]
+    P = yf.shape[0]
+    out_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    if impl == "cpu" or out_dtype == torch.float64:
+        xf, yf = xf.to(out_dtype), yf.to(out_dtype)
+    elif xf.dtype != yf.dtype:
+        xf, yf = xf.float(), yf.float()
+    if impl == "triton" and out_dtype == torch.float32:
+        out = be.triton_kernels.patch_cost_triton(xf, yf, rep)
+        return out.reshape(*batch, n, m)
+    if impl == "triton":
+        impl = "cuda" if be.cuda_usable() else "torch"
+        if impl == "torch":
+            return patch_cost_ref(x, y)
+    out = torch.empty(P, n, m, dtype=out_dtype, device=x.device)
+    if P and n and m:
+        args = (be.ptr(xf), be.ptr(yf), be.ptr(out), P, rep, n, m, C, be.DTYPE_CODES[xf.dtype])
+        if impl == "cpu":
+            be._C.patch_cost_cpu(*args, be.threads())
+        else:
+            be._C.patch_cost_cuda(*args, be.stream_of(x.device))
+    return out.reshape(*batch, n, m)

@@ -1,0 +1,211 @@
+"""Two-stage face identification (DeepFace-EMD): cosine top-k, then EMD re-ranking."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .. import _backend as be
+from .._checks import check_same_device, check_tensor
+from ..reference import unit_rows
+from .cost import patch_cost
+from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
+from .sinkhorn import sinkhorn
+from .weights import patch_weights, validate_weighting
+
+
+class Faces:
+    """A set of faces: embeddings (n, D) and patch embeddings stored as (n, H*W, C).
+
+    patches may be given as (n, C, H, W) feature maps or (n, N, C) patch sets; a single face may
+    be given as embeddings (D,) with patches (C, H, W) or (N, C). landmarks (n, L, 2) in patch-grid
+    units (for weighting='lmk') are optional.
+    """
+
+    def __init__(self, embeddings, patches, landmarks=None, grid=None):
+        check_tensor("embeddings", embeddings, ndim=(1, 2))
+        check_tensor("patches", patches, ndim=(2, 3, 4))
+        self.single = embeddings.dim() == 1
+        if self.single:
+            embeddings = embeddings.unsqueeze(0)
+            if patches.dim() == 4:
+                raise ValueError(f"a single face (embeddings of shape {tuple(embeddings.shape[1:])}) needs "
+                                 f"patches (C, H, W) or (N, C), got {tuple(patches.shape)}")
+            patches = patches.unsqueeze(0)
+            if landmarks is not None:
+                landmarks = landmarks.unsqueeze(0)
+        if patches.dim() == 4:
+            c, h, w = patches.shape[1:]
+            grid = grid or (h, w)
+            patches = patches.flatten(2).transpose(1, 2)
+        if patches.dim() != 3:
+            raise ValueError(f"patches must be (n, C, H, W) or (n, N, C), got {tuple(patches.shape)}")
+        if patches.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"embeddings and patches must describe the same faces: {embeddings.shape[0]} "
+                             f"embeddings vs {patches.shape[0]} patch sets")
+        check_same_device(embeddings=embeddings, patches=patches)
+        if landmarks is not None:
+            check_tensor("landmarks", landmarks, ndim=3)
+            if landmarks.shape[0] != embeddings.shape[0] or landmarks.shape[-1] != 2:
+                raise ValueError(f"landmarks must be ({embeddings.shape[0]}, L, 2), got {tuple(landmarks.shape)}")
+        self.embeddings = embeddings      # (n, D)
+        self.patches = patches            # (n, N, C), possibly non-contiguous
+        self.landmarks = landmarks        # (n, L, 2) or None
+        self.grid = grid
+
+    def __len__(self):
+        return self.embeddings.shape[0]
+
+    @property
+    def device(self):
+        return self.embeddings.device
+
+
+def as_faces(name, value):
+    if isinstance(value, Faces):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) in (2, 3):
+        try:
+            return Faces(*value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+    raise TypeError(f"{name} must be a Faces or an (embeddings, patches) tuple, got {type(value).__name__}")
+
+
+@dataclass
+class RerankResult:
+    """indices (B, k) best-first; distance = alpha*emd + (1-alpha)*(1-cosine); all (B, k)."""
+    indices: torch.Tensor
+    distance: torch.Tensor
+    emd: torch.Tensor
+    cosine: torch.Tensor
+    stage1_indices: torch.Tensor
+    n_iter: torch.Tensor
+    converged: torch.Tensor
+    flows: Optional[torch.Tensor] = None  # (B, k, n, m), in the order of `indices`
+    n_fallback: int = 0                   # pairs whose weights fell back to uniform
+
+
+def stage1_topk(q, g, k, exclude_self=False, chunk=65536):
+    """Return (cosine (B, k), indices (B, k)) of the k most similar gallery rows, best first.
+
+    Works in chunks of the gallery: memory is O(B * (chunk + k)) whatever the gallery size.
+    """
+    qn = unit_rows(q)
+    B = q.shape[0]
+    best_s = torch.empty(B, 0, dtype=qn.dtype, device=q.device)
+    best_i = torch.empty(B, 0, dtype=torch.int64, device=q.device)
+    rows = torch.arange(B, device=q.device)
+    for start in range(0, g.shape[0], chunk):
+        gn = unit_rows(g[start:start + chunk].to(q.device))
+        sim = qn @ gn.T                                        # (B, chunk)
+        if exclude_self:
+            own = rows - start
+            inside = (own >= 0) & (own < sim.shape[1])
+            sim[rows[inside], own[inside]] = float("-inf")
+        s, i = sim.topk(min(k, sim.shape[1]), dim=1)
+        best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + start], 1).gather(1, order)
+    return best_s, best_i
+
+
+def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, max_iter=100,
+               tol=1e-6, exclude_self=False, return_flows=False, impl="auto", mode="auto",
+               official=False, chunk_size=65536):
+    """Return a RerankResult: the top-k gallery faces of each query, re-ranked by patch EMD.
+
+    Stage 1: cosine top-k on embeddings (chunked over the gallery). Stage 2: distance =
+    alpha * EMD + (1 - alpha) * (1 - cos), ascending. exclude_self drops gallery row i for query i
+    (leave-one-out, query set == gallery). official=True reproduces the official DeepFace-EMD numerics
+    (kernel domain, mean |dr| < 0.1 stop over the k candidates of a query, 1e-7 weight epsilon).
+    """
+    q = as_faces("query", query)
+    g = as_faces("gallery", gallery)
+    if len(g) == 0:
+        raise ValueError("gallery is empty")
+    if len(q) == 0:
+        raise ValueError("query is empty")
+    check_same_device(query=q.embeddings, gallery=g.embeddings, gallery_patches=g.patches)
+    if q.embeddings.shape[1] != g.embeddings.shape[1]:
+        raise ValueError(f"query and gallery embeddings must have the same dim, got "
+                         f"{q.embeddings.shape[1]} and {g.embeddings.shape[1]}")
+    if q.patches.shape[2] != g.patches.shape[2]:
+        raise ValueError(f"query and gallery patches must have the same channels C, got "
+                         f"{q.patches.shape[2]} and {g.patches.shape[2]}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    available = len(g) - (1 if exclude_self else 0)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > available:
+        raise ValueError(f"k={k} exceeds the {available} gallery faces available"
+                         + (" (exclude_self drops one)" if exclude_self else ""))
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if exclude_self and len(q) != len(g):
+        raise ValueError(f"exclude_self needs the query set to be the gallery, got {len(q)} queries "
+                         f"and {len(g)} gallery faces")
+    if official and weighting not in ("uniform", "apc", "sc"):
+        raise ValueError(f"official=True supports the official code's weightings uniform/apc/sc, got {weighting!r}")
+    validate_weighting(weighting, q.patches, g.patches, q.embeddings, g.embeddings,
+                       q.landmarks, g.landmarks, None)
+    impl = be.resolve_impl(impl, q.device)
+
+    with torch.no_grad():
+        cos, idx = stage1_topk(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
+        B, n, C = q.patches.shape
+        m = g.patches.shape[1]
+        xq = q.patches
+        mode_eff = "official" if official else mode
+        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, xq.dtype, n, m):
+            dt = torch.float32 if impl == "cpu" else (xq.dtype if xq.dtype == g.patches.dtype else torch.float32)
+            xq = xq.to(dt).contiguous()
+            gp = g.patches
+            if gp.dtype == dt and gp.is_contiguous():
+                out = emd_pairs(xq, gp, idx, weighting, None, None, eps, max_iter, tol, _mode(mode),
+                                return_flows, impl)
+            else:  # gather only the candidates, then convert
+                cand = gp.index_select(0, idx.reshape(-1)).to(dt).contiguous()
+                out = emd_pairs(xq, cand, None, weighting, None, None, eps, max_iter, tol, _mode(mode),
+                                return_flows, impl)
+            emd_v, flows = out["emd"].reshape(B, k), out["flows"]
+            n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)
+            n_fallback = int(out["fallback"].sum())
+        else:
+            cand = g.patches.index_select(0, idx.reshape(-1)).reshape(B, k, m, C)
+            xb = xq.unsqueeze(1)                                                 # (B, 1, n, C)
+            cost = patch_cost(xb, cand, impl=impl)                               # (B, k, n, m)
+            ex = q.embeddings.unsqueeze(1)
+            ey = g.embeddings.index_select(0, idx.reshape(-1)).reshape(B, k, -1)
+            lx = None if q.landmarks is None else q.landmarks.unsqueeze(1)
+            ly = None if g.landmarks is None else g.landmarks.index_select(0, idx.reshape(-1)).reshape(B, k, -1, 2)
+            wx, wy, fell = patch_weights(xb, cand, weighting, x_embedding=ex, y_embedding=ey,
+                                         x_landmarks=lx, y_landmarks=ly, grid=q.grid,
+                                         return_fallback=True, official=official)
+            res = sinkhorn(cost, wx.to(cost.dtype), wy.to(cost.dtype), eps=eps, max_iter=max_iter,
+                           tol=0.1 if official else tol, mode=mode_eff, return_plan=return_flows,
+                           impl=impl, official_group=k)
+            emd_v, flows, n_iter, conv = res.distance, res.plan, res.n_iter, res.converged
+            n_fallback = int(fell.sum())
+        emd_v = emd_v.to(cos.dtype)
+        distance = alpha * emd_v + (1.0 - alpha) * (1.0 - cos)
+        order = distance.argsort(dim=1, stable=True)
+        take = lambda t: t.gather(1, order)  # noqa: E731
+        result = RerankResult(indices=take(idx), distance=take(distance), emd=take(emd_v),
+                              cosine=take(cos), stage1_indices=idx, n_iter=take(n_iter),
+                              converged=take(conv), n_fallback=n_fallback)
+        if return_flows:
+            flows = flows.reshape(B, k, n, m)
+            result.flows = flows.gather(1, order[:, :, None, None].expand(B, k, n, m))
+    if q.single:
+        for name in ("indices", "distance", "emd", "cosine", "stage1_indices", "n_iter", "converged", "flows"):
+            value = getattr(result, name)
+            if value is not None:
+                setattr(result, name, value[0])
+    return result
+
+
+def _mode(mode):
+    from .sinkhorn import MODES
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    return MODES[mode]
