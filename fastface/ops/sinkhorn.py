@@ -83,6 +83,7 @@ class _SinkhornFn(torch.autograd.Function):
         out = solve(cost.detach(), a.detach(), b.detach(), eps, max_iter, tol, mode, group,
                     want_plan or mode == OFFICIAL, impl)
         ctx.eps, ctx.grad, ctx.mode = eps, grad, mode
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(cost, a, b, out["f"] if mode != OFFICIAL else out["plan"],
                               out["g"] if mode != OFFICIAL else None)
         ctx.mark_non_differentiable(out["n_iter"], out["converged"])
@@ -96,6 +97,8 @@ class _SinkhornFn(torch.autograd.Function):
         if g_plan is not None:
             raise RuntimeError("sinkhorn: gradients through .plan are not supported; "
                                "differentiate .distance")
+        if g_dist is None:
+            return (None,) * 11
         go = g_dist.unsqueeze(-1)
         if ctx.mode == OFFICIAL or ctx.grad == "plan":
             plan = f_or_plan if ctx.mode == OFFICIAL else \

@@ -1,0 +1,62 @@
+import os
+
+# Triton kernels run in interpreter mode on machines without a GPU (set before triton is imported).
+try:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastface as ff  # noqa: E402
+from fastface import _backend as be  # noqa: E402
+
+
+def pytest_report_header(config):
+    info = ff.backend_info()
+    return [f"fastface {info['version']} from {os.path.dirname(ff.__file__)}: cpu={info['cpu']} "
+            f"cuda_built={info['cuda_built']} cuda_available={info['cuda_available']} triton={info['triton']}"]
+
+
+def pytest_sessionstart(session):
+    # A test run without the compiled kernels would silently test only the PyTorch fallback.
+    if be._C is None and os.environ.get("FASTFACE_ALLOW_NO_EXTENSION") != "1":
+        raise pytest.UsageError(f"fastface._C did not load ({be._C_ERROR}); run `pip install .` first "
+                                "(or set FASTFACE_ALLOW_NO_EXTENSION=1)")
+
+
+def _impl_params():
+    params = [pytest.param(("torch", "cpu"), id="torch"), pytest.param(("cpu", "cpu"), id="cpu")]
+    params.append(pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.skipif(
+        not be.cuda_usable(), reason="CUDA kernels not built or no GPU on this machine")))
+    tdev = "cuda" if torch.cuda.is_available() else "cpu"
+    params.append(pytest.param(("triton", tdev), id="triton", marks=pytest.mark.skipif(
+        not be.triton_usable(torch.device(tdev)), reason="triton not installed")))
+    return params
+
+
+@pytest.fixture(params=_impl_params())
+def impl_device(request):
+    """(impl, device) for every backend usable here; the others skip with a reason."""
+    return request.param
+
+
+@pytest.fixture
+def gen():
+    """A fresh generator per test, seeded from the test's name (fresh inputs, reproducible)."""
+    import zlib
+    g = torch.Generator().manual_seed(zlib.crc32(os.environ.get("PYTEST_CURRENT_TEST", "").encode()))
+    return g
+
+
+def random_problem(gen, P, n, m, dtype=torch.float64, zero_weight=False, scale=2.0):
+    cost = torch.rand(P, n, m, generator=gen, dtype=torch.float64) * scale
+    a = torch.rand(P, n, generator=gen, dtype=torch.float64) + 0.05
+    b = torch.rand(P, m, generator=gen, dtype=torch.float64) + 0.05
+    if zero_weight and n > 1:
+        a[:, 0] = 0
+    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    return cost.to(dtype), a.to(dtype), b.to(dtype)
