@@ -37,9 +37,13 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
         return out
     dt = cost.dtype
     distance = torch.empty(P, dtype=dt, device=cost.device)
-    plan = torch.empty(P, n, m, dtype=dt, device=cost.device) if want_plan else None
+    # CUDA uses the plan buffer as scratch when K does not fit in shared memory, and the
+    # official kernel keeps K / r / c in plan / f / g.
+    big = impl == "cuda" and (n * m + 3 * (n + m) + 32) * cost.element_size() > 48 * 1024
+    need_plan = want_plan or big or (impl == "cuda" and mode == OFFICIAL)
+    plan = torch.empty(P, n, m, dtype=dt, device=cost.device) if need_plan else None
     f = g = None
-    if mode != OFFICIAL:
+    if mode != OFFICIAL or impl == "cuda":
         f = torch.empty(P, n, dtype=dt, device=cost.device)
         g = torch.empty(P, m, dtype=dt, device=cost.device)
     n_iter = torch.empty(P, dtype=torch.int32, device=cost.device)
@@ -51,7 +55,10 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
         be._C.sinkhorn_cpu(*args, be.threads())
     else:
         be._C.sinkhorn_cuda(*args, be.stream_of(cost.device))
-    return dict(distance=distance, plan=plan, f=f, g=g, n_iter=n_iter, converged=conv.bool())
+    if mode == OFFICIAL:
+        f = g = None
+    return dict(distance=distance, plan=plan if want_plan else None, f=f, g=g, n_iter=n_iter,
+                converged=conv.bool())
 
 
 def implicit_grad(cost, a, b, f, g, eps):

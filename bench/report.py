@@ -1,0 +1,145 @@
+"""Measure fastface against the pure-PyTorch twin and POT in one run; print a markdown report.
+
+  python bench/report.py            # CPU: one query, k = 100, 8x8x512, eps = 0.05
+  python bench/report.py --gpu      # GPU: LFW-scale stage 2 (13,233 queries x k = 100) + latency
+Medians of repeated, warmed-up, synchronised calls. Append the output to bench/RESULTS.md.
+"""
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fastface as ff  # noqa: E402
+from cases import face_like, pot_rerank_one, queries_from  # noqa: E402
+
+
+def timed(fn, repeat=7, warmup=2, sync=None):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_mb(fn):
+    """Run fn and return the process's peak resident memory growth (MB), Linux only."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss("VmRSS")
+        fn()
+        return (_rss("VmHWM") - before) / 1024
+    except OSError:
+        return float("nan")
+
+
+def _rss(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_report():
+    emb, patches = face_like(2000)
+    gallery = ff.Faces(emb, patches)
+    qe, qp = queries_from(emb, patches, 8)
+    q1 = ff.Faces(qe[0], qp[0])
+    rows = []
+    t_cpu = timed(lambda: ff.emd_rerank(q1, gallery, k=100, impl="cpu"), repeat=21)
+    t_torch = timed(lambda: ff.emd_rerank(q1, gallery, k=100, impl="torch"), repeat=7)
+    idx = ff.emd_rerank(q1, gallery, k=100, impl="cpu").stage1_indices
+    t_pot = timed(lambda: pot_rerank_one(qp[0], patches[idx]), repeat=3, warmup=1)
+    res = ff.emd_rerank(q1, gallery, k=100, impl="cpu")
+    pot = torch.tensor(pot_rerank_one(qp[0], patches[idx]))
+    err = (res.emd.sort().values.double() - pot.sort().values).abs().max().item()
+    rows.append(("fastface cpu (C++)", t_cpu, 1.0))
+    rows.append(("pure-PyTorch batched twin", t_torch, t_torch / t_cpu))
+    rows.append(("POT per pair (ot.sinkhorn2)", t_pot, t_pot / t_cpu))
+    print(f"### CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("One query, gallery 2,000, k = 100, 8x8 patches, C = 512, APC, eps = 0.05, max_iter = 100.\n")
+    print("| implementation | median per query | fastface is faster by |")
+    print("|---|---|---|")
+    for name, t, r in rows:
+        print(f"| {name} | {t * 1e3:.2f} ms | {r:.1f}x |")
+    it = res.n_iter.float()
+    print(f"\nIterations to convergence (tol 1e-6): median {it.median().item():.0f}, max {it.max().item():.0f}, "
+          f"converged {res.converged.float().mean().item() * 100:.0f} %; max |EMD - POT| = {err:.2e}\n")
+    batch = ff.Faces(qe, qp)
+    tb = timed(lambda: ff.emd_rerank(batch, gallery, k=100, impl="cpu"), repeat=5)
+    print(f"Batch of 8 queries: {tb * 1e3 / 8:.2f} ms per query.\n")
+    print("Peak memory growth of one call (MB, VmHWM):\n")
+    print("| B x k | fastface cpu (fused) | pure-PyTorch twin |")
+    print("|---|---|---|")
+    for B, k in ((1, 100), (8, 100), (8, 400)):
+        qb = ff.Faces(qe[:B], qp[:B])
+        mc = peak_rss_mb(lambda: ff.emd_rerank(qb, gallery, k=k, impl="cpu"))
+        mt = peak_rss_mb(lambda: ff.emd_rerank(qb, gallery, k=k, impl="torch"))
+        print(f"| {B} x {k} | {mc:.1f} | {mt:.1f} |")
+
+
+def gpu_report(impls):
+    dev = torch.device("cuda")
+    sync = torch.cuda.synchronize
+    print(f"### GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}\n")
+    emb, patches = face_like(13233, device=dev)
+    gallery = ff.Faces(emb, patches)
+    print("LFW-scale stage 2: 13,233 queries x k = 100, 8x8x512 float32, APC, eps = 0.05, "
+          "max_iter = 100 (the paper: about 60 s).\n")
+    print("| implementation | all 13,233 queries | one query (k = 100) |")
+    print("|---|---|---|")
+    all_q = ff.Faces(emb, patches)
+    one = ff.Faces(emb[0], patches[0])
+    results = {}
+    for impl in impls:
+        t_all = timed(lambda: ff.emd_rerank(all_q, gallery, k=100, impl=impl, exclude_self=True),
+                      repeat=3, warmup=1, sync=sync)
+        t_one = timed(lambda: ff.emd_rerank(one, gallery, k=100, impl=impl), repeat=51, sync=sync)
+        results[impl] = (t_all, t_one)
+        print(f"| fastface {impl} | {t_all:.3f} s | {t_one * 1e3:.3f} ms |")
+
+    def torch_chunked():
+        for s in range(0, 13233, 1024):
+            ff.emd_rerank(ff.Faces(emb[s:s + 1024], patches[s:s + 1024]), gallery, k=100, impl="torch")
+
+    t_twin = timed(torch_chunked, repeat=1, warmup=1, sync=sync)
+    t_twin1 = timed(lambda: ff.emd_rerank(one, gallery, k=100, impl="torch"), repeat=11, sync=sync)
+    print(f"| pure-PyTorch batched twin (1,024-query chunks) | {t_twin:.3f} s | {t_twin1 * 1e3:.3f} ms |")
+    best = min(results, key=lambda i: results[i][0])
+    print(f"\nBest GPU backend: {best}; speed-up over the twin: {t_twin / results[best][0]:.1f}x "
+          f"(all queries), {t_twin1 / results[best][1]:.1f}x (one query).\n")
+    print("Peak GPU memory (MB) by batch and k:\n\n| B x k | fastface | twin |\n|---|---|---|")
+    for B, k in ((1, 100), (256, 100), (256, 400)):
+        qb = ff.Faces(emb[:B], patches[:B])
+        row = []
+        for impl in (best, "torch"):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            ff.emd_rerank(qb, gallery, k=k, impl=impl)
+            sync()
+            row.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+        print(f"| {B} x {k} | {row[0]:.1f} | {row[1]:.1f} |")
+    res = ff.emd_rerank(ff.Faces(emb[:256], patches[:256]), gallery, k=100, impl=best)
+    print(f"\nIterations: median {res.n_iter.float().median().item():.0f}, max {res.n_iter.max().item()}.")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gpu", action="store_true")
+    args = ap.parse_args()
+    if args.gpu:
+        impls = ["cuda"] + (["triton"] if ff.backend_info()["triton"] else [])
+        gpu_report(impls)
+    else:
+        cpu_report()
