@@ -1,4 +1,10 @@
 import os
+import sys
+
+# Test the installed package (with its compiled _C), not the source tree that `python -m pytest`
+# puts first on sys.path.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _ROOT]
 
 # Triton kernels run in interpreter mode on machines without a GPU (set before triton is imported).
 try:

@@ -1,0 +1,419 @@
+"""Triton backend: patch cosine cost, batched Sinkhorn and the fused cost -> weights -> Sinkhorn pairs.
+
+Semantics are those of ``fastface.reference`` (cost.py, weights.py, sinkhorn.py); every kernel
+accumulates in float32 and never uses TF32 (``tl.dot(..., input_precision="ieee")``).
+Without a GPU, set ``TRITON_INTERPRET=1`` before triton is imported to run them on CPU tensors.
+
+Kernels
+  _patch_cost_kernel   grid (P, cdiv(n, BN), cdiv(m, BM)): one (BN, BM) output tile per program.
+  _sinkhorn_kernel     grid (P,): one problem per program, the whole (n, m) tile in registers.
+  _emd_pairs_kernel    grid (B*k,): one pair per program: cosine tile, weights, Sinkhorn, EMD.
+The Sinkhorn iteration itself is the shared @triton.jit helper ``_sinkhorn_tile``.
+"""
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    AVAILABLE = True
+except ImportError:  # the triton extra is not installed: the dispatcher never calls in here
+    triton = None
+    tl = None
+    AVAILABLE = False
+
+from ..reference.cost import NORM_FLOOR
+from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, LOG_DOMAIN_THRESHOLD
+
+MAX_SINKHORN_SIZE = 128  # n, m limit of the register-tile Sinkhorn kernels
+WEIGHTING_CODES = {"uniform": 0, "apc": 1, "sc": 2, "external": 3}
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _tile(size, lo=16, hi=None):
+    """Power-of-two block covering `size` (at least `lo`: tl.dot needs 16 per dim), capped at `hi`."""
+    b = max(lo, triton.next_power_of_2(max(int(size), 1)))
+    return min(b, hi) if hi else b
+
+
+def _sinkhorn_warps(BN, BM):
+    # About 16 tile elements per thread, 4 to 16 warps: 64 x 64 -> 8 warps, 128 x 128 -> 16 warps.
+    return max(4, min(16, (BN * BM) // 512))
+
+
+if AVAILABLE:
+
+    # ------------------------------------------------------------------------------------------
+    # Shared helpers
+    # ------------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _cos_accumulate(x_ptr, y_ptr, offs_i, offs_j, n, m, C,
+                        BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, APC: tl.constexpr):
+        """Accumulate over channels, in float32, for rows offs_i of x (n, C) and offs_j of y (m, C).
+
+        Returns dot (BN, BM) = <x_i, y_j>, nx2 (BN,) = ||x_i||^2, ny2 (BM,) = ||y_j||^2 and, when APC,
+        xc (BN,) = <x_i, mean_j y_j>, yc (BM,) = <y_j, mean_i x_i>, cx2 = ||mean x||^2, cy2 = ||mean y||^2
+        (the means are over all n / m rows, so offs_i / offs_j must then cover the whole matrices).
+        """
+        mask_i = offs_i < n
+        mask_j = offs_j < m
+        dot = tl.zeros((BN, BM), dtype=tl.float32)
+        nx2 = tl.zeros((BN,), dtype=tl.float32)
+        ny2 = tl.zeros((BM,), dtype=tl.float32)
+        xc = tl.zeros((BN,), dtype=tl.float32)
+        yc = tl.zeros((BM,), dtype=tl.float32)
+        cx2 = tl.zeros((BC,), dtype=tl.float32)
+        cy2 = tl.zeros((BC,), dtype=tl.float32)
+        row_x = offs_i.to(tl.int64)[:, None] * C   # (BN, 1)
+        row_y = offs_j.to(tl.int64)[:, None] * C   # (BM, 1)
+        for c0 in range(0, C, BC):
+            offs_c = c0 + tl.arange(0, BC)
+            mask_c = offs_c < C
+            xt = tl.load(x_ptr + row_x + offs_c[None, :], mask=mask_i[:, None] & mask_c[None, :],
+                         other=0.0).to(tl.float32)  # (BN, BC)
+            yt = tl.load(y_ptr + row_y + offs_c[None, :], mask=mask_j[:, None] & mask_c[None, :],
+                         other=0.0).to(tl.float32)  # (BM, BC)
+            dot = tl.dot(xt, tl.trans(yt), dot, input_precision="ieee")  # (BN, BM), no TF32
+            nx2 += tl.sum(xt * xt, axis=1)
+            ny2 += tl.sum(yt * yt, axis=1)
+            if APC:
+                mx = tl.sum(xt, axis=0) / n   # (BC,) chunk of mean_i x_i (raw rows)
+                my = tl.sum(yt, axis=0) / m   # (BC,) chunk of mean_j y_j
+                xc += tl.sum(xt * my[None, :], axis=1)
+                yc += tl.sum(yt * mx[None, :], axis=1)
+                cx2 += mx * mx
+                cy2 += my * my
+        return dot, nx2, ny2, xc, yc, tl.sum(cx2, axis=0), tl.sum(cy2, axis=0)
+
+    @triton.jit
+    def _inv_norm(sq):
+        """1 / max(sqrt(sq), NORM_FLOOR), correctly rounded (zero rows -> finite, dot stays 0)."""
+        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), 1e-12))
+
+    @triton.jit
+    def _lse(x, AXIS: tl.constexpr):
+        """torch.logsumexp over AXIS: an all -inf slice gives -inf (not NaN)."""
+        mx = tl.max(x, axis=AXIS)
+        mx = tl.where(tl.abs(mx) == float("inf"), 0.0, mx)
+        if AXIS == 1:
+            s = tl.sum(tl.exp(x - mx[:, None]), axis=1)
+        else:
+            s = tl.sum(tl.exp(x - mx[None, :]), axis=0)
+        return tl.log(s) + mx
+
+    @triton.jit
+    def _isfinite(x):
+        return (x == x) & (tl.abs(x) != float("inf"))
+
+    @triton.jit
+    def _sinkhorn_tile(cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode,
+                       BN: tl.constexpr, BM: tl.constexpr):
+        """Sinkhorn on one problem held in registers, exactly as fastface.reference.sinkhorn_ref.
+
+        cost (BN, BM) float32 (padding arbitrary), a (BN,), b (BM,) float32 with 0 on padding.
+        mode: 0 auto, 1 kernel domain, 2 log domain.
+        Returns f (BN,), g (BM,) potentials of `cost` (-inf on zero weights and padding),
+        n_iter (int32) and converged (bool); `_plan_tile` turns f, g into the plan and distance.
+        The caller's cost tile is not needed after the reduction (the plain Sinkhorn kernel
+        reloads it at the end, so only K or Cr stays in registers through the loops).
+        """
+        INF: tl.constexpr = float("inf")
+        mask2d = mask_i[:, None] & mask_j[None, :]
+        cost = tl.where(mask2d, cost, 0.0)
+
+        # Reduced cost Cr = C - alpha_i - beta_j >= 0 (row minima, then column minima).
+        alpha = tl.min(tl.where(mask2d, cost, INF), axis=1)              # (BN,)
+        alpha = tl.where(mask_i, alpha, 0.0)
+        c1 = cost - alpha[:, None]                                       # (BN, BM)
+        beta = tl.min(tl.where(mask2d, c1, INF), axis=0)                 # (BM,)
+        beta = tl.where(mask_j, beta, 0.0)
+        cr = tl.where(mask2d, c1 - beta[None, :], 0.0)                   # (BN, BM)
+
+        crmax = tl.max(tl.max(cr, axis=1), axis=0)
+        use_log = (mode == 2) | ((mode == 0) & (crmax / eps > 50.0))     # LOG_DOMAIN_THRESHOLD
+
+        # ---- kernel domain: u = a / (K v), v = b / (K^T u), K = exp(-Cr / eps) ----
+        K = tl.where(mask2d, tl.exp(-cr / eps), 0.0)                     # (BN, BM)
+        u = tl.full((BN,), 1.0, tl.float32)
+        v = tl.full((BM,), 1.0, tl.float32)
+        it_k = tl.full((), 0, tl.int32)
+        err_k = tl.full((), INF, tl.float32)
+        go = tl.where(use_log | (max_iter <= 0), 0, 1)
+        while go != 0:
+            u = tl.where(a > 0, a / tl.sum(K * v[None, :], axis=1), 0.0)     # (BN,)
+            v = tl.where(b > 0, b / tl.sum(K * u[:, None], axis=0), 0.0)     # (BM,)
+            it_k += 1
+            row = u * tl.sum(K * v[None, :], axis=1)                         # (BN,) = P 1
+            err_k = tl.sum(tl.where(mask_i, tl.abs(row - a), 0.0), axis=0)
+            # NaN errors keep iterating, like the reference (~(err <= tol)).
+            go = tl.where((err_k <= tol) | (it_k >= max_iter), 0, 1)
+        f_k = eps * tl.log(u)
+        g_k = eps * tl.log(v)
+        bad_f = tl.max(tl.where((a > 0) & (_isfinite(f_k) == 0), 1, 0), axis=0)
+        bad_g = tl.max(tl.where((b > 0) & (_isfinite(g_k) == 0), 1, 0), axis=0)
+        use_log = use_log | ((mode == 0) & ((bad_f + bad_g) > 0))
+
+        # ---- log domain: f = eps log a - eps LSE_j((g_j - Cr_ij) / eps), then g likewise ----
+        eps_log_a = eps * tl.log(a)      # -inf on zero weights and padding
+        eps_log_b = eps * tl.log(b)
+        f = tl.zeros((BN,), dtype=tl.float32)
+        g = tl.zeros((BM,), dtype=tl.float32)
+        it_l = tl.full((), 0, tl.int32)
+        err_l = tl.full((), INF, tl.float32)
+        go = tl.where(use_log & (max_iter > 0), 1, 0)
+        while go != 0:
+            lse_f = _lse(tl.where(mask2d, (g[None, :] - cr) / eps, -INF), 1)   # (BN,)
+            f = tl.where(mask_i, eps_log_a - eps * lse_f, -INF)
+            lse_g = _lse(tl.where(mask2d, (f[:, None] - cr) / eps, -INF), 0)   # (BM,)
+            g = tl.where(mask_j, eps_log_b - eps * lse_g, -INF)
+            it_l += 1
+            row = tl.exp(_lse(tl.where(mask2d, (f[:, None] + g[None, :] - cr) / eps, -INF), 1))
+            err_l = tl.sum(tl.where(mask_i, tl.abs(row - a), 0.0), axis=0)
+            go = tl.where((err_l <= tol) | (it_l >= max_iter), 0, 1)
+
+        # Potentials of the original cost.
+        f = tl.where(use_log, f, f_k) + alpha
+        g = tl.where(use_log, g, g_k) + beta
+        n_iter = tl.where(use_log, it_l, it_k)
+        converged = tl.where(use_log, err_l, err_k) <= tol
+        return f, g, n_iter, converged
+
+    @triton.jit
+    def _plan_tile(f, g, cost, mask2d, eps):
+        """plan (BN, BM) = exp((f_i + g_j - C_ij) / eps) (0 on padding) and distance <plan, C>."""
+        cost = tl.where(mask2d, cost, 0.0)
+        plan = tl.where(mask2d, tl.exp((f[:, None] + g[None, :] - cost) / eps), 0.0)
+        return plan, tl.sum(tl.sum(plan * cost, axis=1), axis=0)
+
+    # ------------------------------------------------------------------------------------------
+    # Kernels
+    # ------------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _patch_cost_kernel(x_ptr, y_ptr, out_ptr, rep, n, m, C,
+                           BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+        """x (P // rep, n, C), y (P, m, C) -> out (P, n, m) = 1 - cos; program (p, tile_i, tile_j)."""
+        p = tl.program_id(0).to(tl.int64)
+        offs_i = tl.program_id(1) * BN + tl.arange(0, BN)   # (BN,)
+        offs_j = tl.program_id(2) * BM + tl.arange(0, BM)   # (BM,)
+        x_base = x_ptr + (p // rep) * n * C
+        y_base = y_ptr + p * m * C
+        dot, nx2, ny2, _xc, _yc, _cx2, _cy2 = _cos_accumulate(
+            x_base, y_base, offs_i, offs_j, n, m, C, BN, BM, BC, False)
+        cost = 1.0 - (dot * _inv_norm(nx2)[:, None]) * _inv_norm(ny2)[None, :]   # (BN, BM)
+        mask = (offs_i < n)[:, None] & (offs_j < m)[None, :]
+        out = out_ptr + p * n * m + offs_i[:, None] * m + offs_j[None, :]
+        tl.store(out, cost, mask=mask)
+
+    @triton.jit
+    def _sinkhorn_kernel(cost_ptr, a_ptr, b_ptr, n, m, eps, max_iter, tol, mode,
+                         dist_ptr, plan_ptr, f_ptr, g_ptr, iter_ptr, conv_ptr,
+                         BN: tl.constexpr, BM: tl.constexpr, RETURN_PLAN: tl.constexpr):
+        """cost (P, n, m), a (P, n), b (P, m) -> distance, plan, f, g, n_iter, converged; program p."""
+        p = tl.program_id(0).to(tl.int64)
+        offs_i = tl.arange(0, BN)
+        offs_j = tl.arange(0, BM)
+        mask_i = offs_i < n
+        mask_j = offs_j < m
+        mask2d = mask_i[:, None] & mask_j[None, :]
+        tile = p * n * m + offs_i[:, None] * m + offs_j[None, :]          # (BN, BM) offsets
+        cost = tl.load(cost_ptr + tile, mask=mask2d, other=0.0)           # (BN, BM)
+        a = tl.load(a_ptr + p * n + offs_i, mask=mask_i, other=0.0)       # (BN,)
+        b = tl.load(b_ptr + p * m + offs_j, mask=mask_j, other=0.0)       # (BM,)
+        f, g, n_iter, converged = _sinkhorn_tile(
+            cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, BN, BM)
+        cost = tl.load((cost_ptr + p * n * m + offs_i[:, None] * m) + offs_j[None, :], mask=mask2d, other=0.0)
+        plan, distance = _plan_tile(f, g, cost, mask2d, eps)
+        tl.store(dist_ptr + p, distance)
+        tl.store(f_ptr + p * n + offs_i, f, mask=mask_i)
+        tl.store(g_ptr + p * m + offs_j, g, mask=mask_j)
+        tl.store(iter_ptr + p, n_iter)
+        tl.store(conv_ptr + p, converged.to(tl.uint8))
+        if RETURN_PLAN:
+            tl.store(plan_ptr + tile, plan, mask=mask2d)
+
+    @triton.jit
+    def _normalise(s, mask, size):
+        """(w, empty): w = s / sum(s); an all-zero side becomes uniform 1 / size and is flagged."""
+        s = tl.where(mask, s, 0.0)
+        total = tl.sum(s, axis=0)
+        empty = total <= 0
+        w = tl.where(empty, 1.0 / size, s / tl.where(empty, 1.0, total))
+        return tl.where(mask, w, 0.0), empty
+
+    @triton.jit
+    def _emd_pairs_kernel(x_ptr, y_ptr, wx_ptr, wy_ptr, k, n, m, C, eps, max_iter, tol, mode,
+                          emd_ptr, flow_ptr, iter_ptr, conv_ptr, fb_ptr,
+                          WEIGHTING: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                          BC: tl.constexpr, RETURN_FLOWS: tl.constexpr):
+        """x (B, n, C), y (B*k, m, C) -> per pair p (query p // k): cost, weights, Sinkhorn, EMD.
+
+        WEIGHTING: 0 uniform, 1 apc, 2 sc, 3 external (wx (B*k, n), wy (B*k, m) already normalised).
+        """
+        p = tl.program_id(0).to(tl.int64)
+        offs_i = tl.arange(0, BN)
+        offs_j = tl.arange(0, BM)
+        mask_i = offs_i < n
+        mask_j = offs_j < m
+        mask2d = mask_i[:, None] & mask_j[None, :]
+        dot, nx2, ny2, xc, yc, cx2, cy2 = _cos_accumulate(
+            x_ptr + (p // k) * n * C, y_ptr + p * m * C, offs_i, offs_j, n, m, C,
+            BN, BM, BC, WEIGHTING == 1)
+        rx = _inv_norm(nx2)                                           # (BN,)
+        ry = _inv_norm(ny2)                                           # (BM,)
+        cost = 1.0 - (dot * rx[:, None]) * ry[None, :]                # (BN, BM), never stored
+
+        fallback = tl.full((), 0, tl.int32)
+        if WEIGHTING == 0:
+            a = tl.where(mask_i, 1.0 / n, 0.0)
+            b = tl.where(mask_j, 1.0 / m, 0.0)
+        elif WEIGHTING == 3:
+            a = tl.load(wx_ptr + p * n + offs_i, mask=mask_i, other=0.0)
+            b = tl.load(wy_ptr + p * m + offs_j, mask=mask_j, other=0.0)
+        else:
+            if WEIGHTING == 1:
+                # APC: cosine of each unit row with the unit mean of the other image's raw rows.
+                sx = (xc * rx) * _inv_norm(cy2)
+                sy = (yc * ry) * _inv_norm(cx2)
+            else:
+                # SC: summed cosine distances to all patches of the other image.
+                sx = tl.sum(tl.where(mask2d, cost, 0.0), axis=1)
+                sy = tl.sum(tl.where(mask2d, cost, 0.0), axis=0)
+            a, empty_a = _normalise(tl.maximum(sx, 0.0), mask_i, n)
+            b, empty_b = _normalise(tl.maximum(sy, 0.0), mask_j, m)
+            fallback = (empty_a | empty_b).to(tl.int32)
+
+        f, g, n_iter, converged = _sinkhorn_tile(
+            cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, BN, BM)
+        plan, distance = _plan_tile(f, g, cost, mask2d, eps)
+        tl.store(emd_ptr + p, distance)
+        tl.store(iter_ptr + p, n_iter)
+        tl.store(conv_ptr + p, converged.to(tl.uint8))
+        tl.store(fb_ptr + p, fallback.to(tl.uint8))
+        if RETURN_FLOWS:
+            tile = p * n * m + offs_i[:, None] * m + offs_j[None, :]
+            tl.store(flow_ptr + tile, plan, mask=mask2d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Python wrappers
+# ----------------------------------------------------------------------------------------------
+
+def _require():
+    if not AVAILABLE:
+        raise RuntimeError("fastface triton kernels need the 'triton' package")
+
+
+def _check_mode(mode):
+    mode = int(mode)
+    if mode == OFFICIAL:
+        raise ValueError("the triton backend does not support mode 'official' (3)")
+    if mode not in (AUTO, KERNEL, LOG):
+        raise ValueError(f"mode must be 0 (auto), 1 (kernel) or 2 (log), got {mode}")
+    return mode
+
+
+def _check_size(n, m):
+    if max(n, m) > MAX_SINKHORN_SIZE:
+        raise ValueError("sinkhorn_triton supports n, m <= 128")
+
+
+def patch_cost_triton(x, y, rep):
+    """Return cost (P, n, m) float32 = 1 - cos(x[p // rep, i], y[p, j]) for x (P // rep, n, C), y (P, m, C)."""
+    _require()
+    if x.dtype not in _SUPPORTED_DTYPES or y.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"patch_cost_triton: unsupported dtypes {x.dtype}, {y.dtype}")
+    x, y = x.contiguous(), y.contiguous()
+    P, m, C = y.shape
+    n = x.shape[1]
+    rep = int(rep)
+    if x.shape[0] * rep != P or x.shape[2] != C:
+        raise ValueError(f"patch_cost_triton: shapes x {tuple(x.shape)}, y {tuple(y.shape)}, rep {rep}")
+    out = torch.empty(P, n, m, dtype=torch.float32, device=y.device)
+    if out.numel() == 0:
+        return out
+    if C == 0:
+        return out.fill_(1.0)
+    BN, BM, BC = _tile(n, hi=64), _tile(m, hi=64), _tile(C, hi=32)
+    grid = (P, triton.cdiv(n, BN), triton.cdiv(m, BM))
+    _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=4)
+    return out
+
+
+def sinkhorn_triton(cost, a, b, eps, max_iter, tol, mode, return_plan):
+    """Batched Sinkhorn, one program per problem: cost (P, n, m), a (P, n), b (P, m) float32.
+
+    Returns dict(distance (P,), plan (P, n, m) | None, f (P, n), g (P, m), n_iter (P,) int32,
+    converged (P,) bool) exactly as fastface.reference.sinkhorn_ref (modes 0, 1, 2).
+    """
+    _require()
+    mode = _check_mode(mode)
+    P, n, m = cost.shape
+    _check_size(n, m)
+    if cost.dtype != torch.float32:
+        raise TypeError(f"sinkhorn_triton: cost must be float32, got {cost.dtype}")
+    cost = cost.contiguous()
+    a = a.to(torch.float32).contiguous()
+    b = b.to(torch.float32).contiguous()
+    dev = cost.device
+    distance = torch.empty(P, dtype=torch.float32, device=dev)
+    plan = torch.empty(P, n, m, dtype=torch.float32, device=dev) if return_plan else None
+    f = torch.empty(P, n, dtype=torch.float32, device=dev)
+    g = torch.empty(P, m, dtype=torch.float32, device=dev)
+    n_iter = torch.empty(P, dtype=torch.int32, device=dev)
+    conv = torch.empty(P, dtype=torch.uint8, device=dev)
+    if P and n and m:
+        BN, BM = _tile(n, lo=2), _tile(m, lo=2)
+        _sinkhorn_kernel[(P,)](cost, a, b, n, m, float(eps), int(max_iter), float(tol), mode,
+                               distance, plan if return_plan else distance, f, g, n_iter, conv,
+                               BN=BN, BM=BM, RETURN_PLAN=bool(return_plan),
+                               num_warps=_sinkhorn_warps(BN, BM))
+    return dict(distance=distance, plan=plan, f=f, g=g, n_iter=n_iter, converged=conv.bool())
+
+
+def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows, wx=None, wy=None):
+    """Fused re-rank EMD: x (B, n, C) queries, y (B*k, m, C) gathered candidates (row b*k + j).
+
+    Per pair: cost = 1 - cos (in registers), weights per `weighting` ("uniform", "apc", "sc",
+    "external" with wx (B*k, n), wy (B*k, m)), Sinkhorn as sinkhorn_triton, emd = <plan, cost>.
+    Returns dict(emd (B*k,), flows (B*k, n, m) | None, n_iter, converged, fallback (B*k,) bool).
+    """
+    _require()
+    mode = _check_mode(mode)
+    if weighting not in WEIGHTING_CODES:
+        raise ValueError(f"weighting must be one of {tuple(WEIGHTING_CODES)}, got {weighting!r}")
+    if x.dtype not in _SUPPORTED_DTYPES or y.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"emd_pairs_triton: unsupported dtypes {x.dtype}, {y.dtype}")
+    x, y = x.contiguous(), y.contiguous()
+    B, n, C = x.shape
+    k = int(k)
+    P, m = y.shape[0], y.shape[1]
+    if P != B * k or y.shape[2] != C:
+        raise ValueError(f"emd_pairs_triton: shapes x {tuple(x.shape)}, y {tuple(y.shape)}, k {k}")
+    _check_size(n, m)
+    code = WEIGHTING_CODES[weighting]
+    dev = x.device
+    emd = torch.empty(P, dtype=torch.float32, device=dev)
+    flows = torch.empty(P, n, m, dtype=torch.float32, device=dev) if return_flows else None
+    n_iter = torch.empty(P, dtype=torch.int32, device=dev)
+    conv = torch.empty(P, dtype=torch.uint8, device=dev)
+    fallback = torch.empty(P, dtype=torch.uint8, device=dev)
+    if code == WEIGHTING_CODES["external"]:
+        if wx is None or wy is None:
+            raise ValueError("weighting='external' needs wx and wy")
+        wx = wx.to(device=dev, dtype=torch.float32).reshape(P, n).contiguous()
+        wy = wy.to(device=dev, dtype=torch.float32).reshape(P, m).contiguous()
+    else:
+        wx = wy = emd  # unused pointers
+    if P and n and m:
+        BN, BM = _tile(n), _tile(m)
+        BC = _tile(C, hi=32) if C else 16
+        _emd_pairs_kernel[(P,)](x, y, wx, wy, k, n, m, C, float(eps), int(max_iter), float(tol), mode,
+                                emd, flows if return_flows else emd, n_iter, conv, fallback,
+                                WEIGHTING=code, BN=BN, BM=BM, BC=BC, RETURN_FLOWS=bool(return_flows),
+                                num_warps=_sinkhorn_warps(BN, BM))
+    return dict(emd=emd, flows=flows, n_iter=n_iter, converged=conv.bool(), fallback=fallback.bool())
+
+
+__all__ = ["AVAILABLE", "patch_cost_triton", "sinkhorn_triton", "emd_pairs_triton",
+           "MAX_SINKHORN_SIZE", "NORM_FLOOR", "LOG_DOMAIN_THRESHOLD"]
