@@ -7,12 +7,14 @@
 namespace fastface {
 namespace cuda {
 
-constexpr int kTileC = 16;  // channels staged per step
+constexpr int kTileC = 16;   // channels staged per step
+constexpr int kTileLd = 17;  // padded tile row stride: no shared-memory bank conflicts
 
-// Shared layout (floats): D (n*m), W (n*m), X tile (n*kTileC), Y tile (m*kTileC), wx (n), wy (m),
-// xn (n), yn (m), sums (2), then the Sinkhorn vectors.
+// Shared layout (floats): D (n, m+1), W (n, m+1), X tile (n, kTileLd), Y tile (m, kTileLd),
+// wx (n), wy (m), xn (n), yn (m), sums (2), then the Sinkhorn vectors.
 inline size_t pairs_smem(int64_t n, int64_t m) {
-  return (2 * n * m + (n + m) * kTileC + 2 * (n + m) + 2) * sizeof(float) + vector_smem(n, m, sizeof(float));
+  return (2 * n * (m + 1) + (n + m) * kTileLd + 2 * (n + m) + 2) * sizeof(float) +
+         vector_smem(n, m, sizeof(float));
 }
 
 template <typename In>
@@ -21,17 +23,19 @@ __global__ void emd_pairs_kernel(EmdPairsArgs args) {
   float* sm = reinterpret_cast<float*>(smem_raw);
   const int n = int(args.n), m = int(args.m);
   const int64_t C = args.C, p = blockIdx.x, qb = p / args.k, nm = int64_t(n) * m;
-  float* D = sm;             // (n, m) dot products, then the cost
-  float* Wb = D + nm;        // (n, m) Sinkhorn scratch
-  float* xt = Wb + nm;       // (n, kTileC)
-  float* yt = xt + n * kTileC;
-  float* wx = yt + m * kTileC;
+  const int ld = m + 1;
+  float* D = sm;             // (n, ld) dot products, then the cost
+  float* Wb = D + n * ld;    // (n, ld) Sinkhorn scratch
+  float* xt = Wb + n * ld;   // (n, kTileLd)
+  float* yt = xt + n * kTileLd;
+  float* wx = yt + m * kTileLd;
   float* wy = wx + n;
   float* xn = wy + m;
   float* yn = xn + n;
   float* sums = yn + m;      // ||sum_i x_i||^2, ||sum_j y_j||^2
   BlockScratch<float> s;
   s.W = Wb;
+  s.ld = ld;
   s.u = sums + 2;
   s.v = s.u + n;
   s.Kv = s.v + m;
@@ -42,7 +46,7 @@ __global__ void emd_pairs_kernel(EmdPairsArgs args) {
   const int64_t row = args.idx ? args.idx[p] : p;
   const In* Y = static_cast<const In*>(args.y) + row * m * C;
 
-  for (int t = threadIdx.x; t < nm; t += blockDim.x) D[t] = 0.f;
+  for (int t = threadIdx.x; t < n * ld; t += blockDim.x) D[t] = 0.f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) xn[i] = 0.f;
   for (int j = threadIdx.x; j < m; j += blockDim.x) yn[j] = 0.f;
   float xsum2 = 0.f, ysum2 = 0.f;  // per-thread partial squared norms of the row sums
@@ -51,35 +55,35 @@ __global__ void emd_pairs_kernel(EmdPairsArgs args) {
     __syncthreads();
     for (int t = threadIdx.x; t < n * kTileC; t += blockDim.x) {
       const int i = t / kTileC, c = t - i * kTileC;
-      xt[t] = c < w ? to_float(X[int64_t(i) * C + c0 + c]) : 0.f;
+      xt[i * kTileLd + c] = c < w ? to_float(X[int64_t(i) * C + c0 + c]) : 0.f;
     }
     for (int t = threadIdx.x; t < m * kTileC; t += blockDim.x) {
       const int j = t / kTileC, c = t - j * kTileC;
-      yt[t] = c < w ? to_float(Y[int64_t(j) * C + c0 + c]) : 0.f;
+      yt[j * kTileLd + c] = c < w ? to_float(Y[int64_t(j) * C + c0 + c]) : 0.f;
     }
     __syncthreads();
     for (int t = threadIdx.x; t < nm; t += blockDim.x) {
       const int i = t / m, j = t - i * m;
-      float acc = D[t];
+      float acc = D[i * ld + j];
 #pragma unroll
-      for (int c = 0; c < kTileC; ++c) acc = fmaf(xt[i * kTileC + c], yt[j * kTileC + c], acc);
-      D[t] = acc;
+      for (int c = 0; c < kTileC; ++c) acc = fmaf(xt[i * kTileLd + c], yt[j * kTileLd + c], acc);
+      D[i * ld + j] = acc;
     }
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
       float acc = 0.f;
-      for (int c = 0; c < kTileC; ++c) acc = fmaf(xt[i * kTileC + c], xt[i * kTileC + c], acc);
+      for (int c = 0; c < kTileC; ++c) acc = fmaf(xt[i * kTileLd + c], xt[i * kTileLd + c], acc);
       xn[i] += acc;
     }
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
       float acc = 0.f;
-      for (int c = 0; c < kTileC; ++c) acc = fmaf(yt[j * kTileC + c], yt[j * kTileC + c], acc);
+      for (int c = 0; c < kTileC; ++c) acc = fmaf(yt[j * kTileLd + c], yt[j * kTileLd + c], acc);
       yn[j] += acc;
     }
     if (args.weighting == Weighting::APC) {
       for (int c = threadIdx.x; c < kTileC; c += blockDim.x) {
         float sx = 0.f, sy = 0.f;
-        for (int i = 0; i < n; ++i) sx += xt[i * kTileC + c];
-        for (int j = 0; j < m; ++j) sy += yt[j * kTileC + c];
+        for (int i = 0; i < n; ++i) sx += xt[i * kTileLd + c];
+        for (int j = 0; j < m; ++j) sy += yt[j * kTileLd + c];
         xsum2 += sx * sx;
         ysum2 += sy * sy;
       }
@@ -96,30 +100,30 @@ __global__ void emd_pairs_kernel(EmdPairsArgs args) {
     const float xmean = fmaxf(sqrtf(xs2) / float(n), float(kNormFloor));
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
       float acc = 0.f;
-      for (int j = 0; j < m; ++j) acc += D[int64_t(i) * m + j];
+      for (int j = 0; j < m; ++j) acc += D[i * ld + j];
       wx[i] = fmaxf(0.f, acc / (xn[i] * float(m) * ymean));
     }
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
       float acc = 0.f;
-      for (int i = 0; i < n; ++i) acc += D[int64_t(i) * m + j];
+      for (int i = 0; i < n; ++i) acc += D[i * ld + j];
       wy[j] = fmaxf(0.f, acc / (yn[j] * float(n) * xmean));
     }
     __syncthreads();
   }
   for (int t = threadIdx.x; t < nm; t += blockDim.x) {
     const int i = t / m, j = t - i * m;
-    D[t] = 1.f - D[t] / (xn[i] * yn[j]);
+    D[i * ld + j] = 1.f - D[i * ld + j] / (xn[i] * yn[j]);
   }
   __syncthreads();
   if (args.weighting == Weighting::SC) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
       float acc = 0.f;
-      for (int j = 0; j < m; ++j) acc += D[int64_t(i) * m + j];
+      for (int j = 0; j < m; ++j) acc += D[i * ld + j];
       wx[i] = fmaxf(0.f, acc);
     }
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
       float acc = 0.f;
-      for (int i = 0; i < n; ++i) acc += D[int64_t(i) * m + j];
+      for (int i = 0; i < n; ++i) acc += D[i * ld + j];
       wy[j] = fmaxf(0.f, acc);
     }
   } else if (args.weighting == Weighting::Uniform) {
@@ -143,7 +147,7 @@ __global__ void emd_pairs_kernel(EmdPairsArgs args) {
   __syncthreads();
   BlockResult res;
   float* flows = args.flows ? args.flows + p * nm : nullptr;
-  const float dist = solve_block<float>(D, wx, wy, n, m, float(args.eps), args.max_iter, float(args.tol),
+  const float dist = solve_block<float>(BlockGroup(), D, ld, wx, wy, n, m, float(args.eps), args.max_iter, float(args.tol),
                                         args.mode, s, flows, nullptr, nullptr, res);
   if (threadIdx.x == 0) {
     args.emd[p] = dist;

@@ -1,42 +1,64 @@
 // Batched Sinkhorn on the GPU: one block per problem, the whole loop on-chip (K in shared memory
 // when it fits, else in the plan buffer that the caller then provides); Official mode: one block
 // per group of coupled problems.
+#include <algorithm>
+
 #include "launchers.h"
 #include "sinkhorn_block.cuh"
 
 namespace fastface {
 namespace cuda {
 
+// Lays out one problem's scratch at `cursor` (W there too when kSharedW, else in the plan buffer).
 template <typename T, bool kSharedW>
-__global__ void sinkhorn_kernel(SinkhornArgs args) {
-  extern __shared__ unsigned char smem_raw[];
-  T* sm = reinterpret_cast<T*>(smem_raw);
-  const int n = int(args.n), m = int(args.m);
-  const int64_t p = blockIdx.x;
-  const int64_t nm = int64_t(n) * m;
+__device__ BlockScratch<T> carve(T* cursor, T* plan, int n, int m) {
   BlockScratch<T> s;
-  T* plan = args.plan ? static_cast<T*>(args.plan) + p * nm : nullptr;
-  T* cursor = sm;
-  if (kSharedW) { s.W = cursor; cursor += nm; } else { s.W = plan; }
+  if (kSharedW) { s.W = cursor; s.ld = m + 1; cursor += int64_t(n) * (m + 1); } else { s.W = plan; s.ld = m; }
   s.u = cursor; cursor += n;
   s.v = cursor; cursor += m;
   s.Kv = cursor; cursor += n;
   s.alpha = cursor; cursor += n;
   s.beta = cursor; cursor += m;
   s.red = cursor;
+  return s;
+}
+
+template <typename T, bool kSharedW, typename Group>
+__device__ void solve_problem(const Group& grp, const SinkhornArgs& args, int64_t p, T* cursor) {
+  const int n = int(args.n), m = int(args.m);
+  const int64_t nm = int64_t(n) * m;
+  T* plan = args.plan ? static_cast<T*>(args.plan) + p * nm : nullptr;
+  BlockScratch<T> s = carve<T, kSharedW>(cursor, plan, n, m);
   const T* C = static_cast<const T*>(args.cost) + p * nm;
   const T* a = static_cast<const T*>(args.a) + p * n;
   const T* b = static_cast<const T*>(args.b) + p * m;
   T* f = args.f ? static_cast<T*>(args.f) + p * n : nullptr;
   T* g = args.g ? static_cast<T*>(args.g) + p * m : nullptr;
   BlockResult res;
-  const T dist = solve_block<T>(C, a, b, n, m, T(args.eps), args.max_iter, T(args.tol), args.mode, s,
-                                plan, f, g, res);
-  if (threadIdx.x == 0) {
+  const T dist = solve_block<T>(grp, C, m, a, b, n, m, T(args.eps), args.max_iter, T(args.tol), args.mode,
+                                s, plan, f, g, res);
+  if (grp.rank() == 0) {
     static_cast<T*>(args.distance)[p] = dist;
     args.n_iter[p] = res.iters;
     args.converged[p] = res.converged ? 1 : 0;
   }
+}
+
+// One block per problem (large problems).
+template <typename T, bool kSharedW>
+__global__ void sinkhorn_kernel(SinkhornArgs args) {
+  extern __shared__ unsigned char smem_raw[];
+  solve_problem<T, kSharedW>(BlockGroup(), args, blockIdx.x, reinterpret_cast<T*>(smem_raw));
+}
+
+// One warp per problem, several problems per block (small problems: no block-wide barriers).
+template <typename T>
+__global__ void sinkhorn_warp_kernel(SinkhornArgs args, int64_t per_problem) {
+  extern __shared__ unsigned char smem_raw[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t p = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;
+  if (p >= args.P) return;  // whole warps leave; warps never wait on each other
+  solve_problem<T, true>(WarpGroup(), args, p, reinterpret_cast<T*>(smem_raw) + warp * per_problem);
 }
 
 // Official DeepFace-EMD loop for one group: K = exp(-C/eps) kept in plan, r in f, c in g (the
@@ -107,8 +129,17 @@ static void launch(const SinkhornArgs& args, cudaStream_t stream) {
     official_kernel<T><<<unsigned(args.P / args.group), kThreads, 0, stream>>>(args);
     return check_launch("official_kernel");
   }
+  // Per-problem shared memory, W padded to (n, m + 1); keep it a multiple of 16 bytes.
+  const int64_t per_problem = ((args.n * (args.m + 1) + 3 * args.n + 3 * args.m + 32) * int64_t(sizeof(T)) + 15) / 16 * 16 / int64_t(sizeof(T));
+  const size_t per_bytes = size_t(per_problem) * sizeof(T);
+  const int warps = int(std::min<size_t>(4, kDefaultSmem / per_bytes));
+  if (warps >= 2) {
+    const int64_t blocks = (args.P + warps - 1) / warps;
+    sinkhorn_warp_kernel<T><<<unsigned(blocks), 32 * warps, per_bytes * warps, stream>>>(args, per_problem);
+    return check_launch("sinkhorn_warp_kernel");
+  }
   const size_t vec = vector_smem(args.n, args.m, sizeof(T));
-  const size_t full = vec + size_t(args.n) * args.m * sizeof(T);
+  const size_t full = vec + size_t(args.n) * (args.m + 1) * sizeof(T);
   if (full <= kDefaultSmem) {
     sinkhorn_kernel<T, true><<<unsigned(args.P), kThreads, full, stream>>>(args);
     return check_launch("sinkhorn_kernel");

@@ -9,10 +9,33 @@
 namespace fastface {
 namespace cuda {
 
-// Scratch of one block: W (n*m) in shared or global memory; vectors in shared memory.
+// The threads that solve one problem: a whole block, or one warp (several problems per block).
+struct BlockGroup {
+  __device__ int rank() const { return threadIdx.x; }
+  __device__ int size() const { return blockDim.x; }
+  __device__ void sync() const { __syncthreads(); }
+  template <typename T, typename Op>
+  __device__ T reduce(T v, T* red, Op op, T identity) const { return block_reduce(v, red, op, identity); }
+};
+
+struct WarpGroup {
+  __device__ int rank() const { return threadIdx.x & 31; }
+  __device__ int size() const { return 32; }
+  __device__ void sync() const { __syncwarp(); }
+  template <typename T, typename Op>
+  __device__ T reduce(T v, T*, Op op, T) const {
+    __syncwarp();  // order the shared-memory writes made before the reduction
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncwarp();
+    return v;
+  }
+};
+
+// Scratch of one problem: W (n*m) in shared or global memory; vectors in shared memory.
 template <typename T>
 struct BlockScratch {
-  T* W;      // (n, m): reduced cost, then K = exp(-Cr/eps) in the kernel domain
+  T* W;      // (n, ld): reduced cost, then K = exp(-Cr/eps) in the kernel domain
+  int ld;    // row stride of W (m + 1 in shared memory: no bank conflicts down a column)
   T* u;      // (n) scaling u, or potential f
   T* v;      // (m) scaling v, or potential g
   T* Kv;     // (n) K v, or row log-sum-exp
@@ -22,48 +45,48 @@ struct BlockScratch {
 };
 
 template <typename T>
-__device__ T lse_row(const T* Cr, const T* g, int i, int m, T inv_eps) {
+__device__ T lse_row(const T* Cr, const T* g, int i, int m, int ld, T inv_eps) {
   T mx = -INFINITY;
-  for (int j = 0; j < m; ++j) mx = fmax(mx, (g[j] - Cr[(int64_t)i * m + j]) * inv_eps);
+  for (int j = 0; j < m; ++j) mx = fmax(mx, (g[j] - Cr[(int64_t)i * ld + j]) * inv_eps);
   if (isinf(mx)) return mx;
   T s = 0;
-  for (int j = 0; j < m; ++j) s += exp((g[j] - Cr[(int64_t)i * m + j]) * inv_eps - mx);
+  for (int j = 0; j < m; ++j) s += exp((g[j] - Cr[(int64_t)i * ld + j]) * inv_eps - mx);
   return mx + log(s);
 }
 
 template <typename T>
-__device__ T lse_col(const T* Cr, const T* f, int j, int n, int m, T inv_eps) {
+__device__ T lse_col(const T* Cr, const T* f, int j, int n, int ld, T inv_eps) {
   T mx = -INFINITY;
-  for (int i = 0; i < n; ++i) mx = fmax(mx, (f[i] - Cr[(int64_t)i * m + j]) * inv_eps);
+  for (int i = 0; i < n; ++i) mx = fmax(mx, (f[i] - Cr[(int64_t)i * ld + j]) * inv_eps);
   if (isinf(mx)) return mx;
   T s = 0;
-  for (int i = 0; i < n; ++i) s += exp((f[i] - Cr[(int64_t)i * m + j]) * inv_eps - mx);
+  for (int i = 0; i < n; ++i) s += exp((f[i] - Cr[(int64_t)i * ld + j]) * inv_eps - mx);
   return mx + log(s);
 }
 
-// Writes Cr = C - alpha_i - beta_j into W; returns max(Cr) to every thread.
-template <typename T>
-__device__ T reduce_cost_block(const T* C, int n, int m, BlockScratch<T>& s) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    T mn = C[(int64_t)i * m];
-    for (int j = 1; j < m; ++j) mn = fmin(mn, C[(int64_t)i * m + j]);
+// Writes Cr = C - alpha_i - beta_j into W; returns max(Cr) to every thread. C (n, ldc).
+template <typename T, typename Group>
+__device__ T reduce_cost_block(const Group& grp, const T* C, int ldc, int n, int m, BlockScratch<T>& s) {
+  for (int i = grp.rank(); i < n; i += grp.size()) {
+    T mn = C[(int64_t)i * ldc];
+    for (int j = 1; j < m; ++j) mn = fmin(mn, C[(int64_t)i * ldc + j]);
     s.alpha[i] = mn;
   }
-  __syncthreads();
-  for (int j = threadIdx.x; j < m; j += blockDim.x) {
+  grp.sync();
+  for (int j = grp.rank(); j < m; j += grp.size()) {
     T mn = INFINITY;
-    for (int i = 0; i < n; ++i) mn = fmin(mn, C[(int64_t)i * m + j] - s.alpha[i]);
+    for (int i = 0; i < n; ++i) mn = fmin(mn, C[(int64_t)i * ldc + j] - s.alpha[i]);
     s.beta[j] = mn;
   }
-  __syncthreads();
+  grp.sync();
   T mx = 0;
-  for (int t = threadIdx.x; t < n * m; t += blockDim.x) {
+  for (int t = grp.rank(); t < n * m; t += grp.size()) {
     const int i = t / m, j = t - i * m;
-    const T cr = C[t] - s.alpha[i] - s.beta[j];
-    s.W[t] = cr;
+    const T cr = C[(int64_t)i * ldc + j] - s.alpha[i] - s.beta[j];
+    s.W[(int64_t)i * s.ld + j] = cr;
     mx = fmax(mx, cr);
   }
-  return block_reduce(mx, s.red, MaxOp<T>(), T(0));  // ends with a barrier-protected broadcast
+  return grp.reduce(mx, s.red, MaxOp<T>(), T(0));  // ends with a barrier-protected broadcast
 }
 
 struct BlockResult {
@@ -73,38 +96,41 @@ struct BlockResult {
 
 // Kernel domain; W holds Cr on entry and K on exit. Returns false if a positive weight got a
 // non-finite or zero scaling (the auto mode then reruns in the log domain).
-template <typename T>
-__device__ bool kernel_domain_block(const T* a, const T* b, int n, int m, T eps, int max_iter, T tol,
+template <typename T, typename Group>
+__device__ bool kernel_domain_block(const Group& grp, const T* a, const T* b, int n, int m, T eps, int max_iter, T tol,
                                     BlockScratch<T>& s, BlockResult& res) {
   const T inv_eps = T(1) / eps;
-  for (int t = threadIdx.x; t < n * m; t += blockDim.x) s.W[t] = exp(-s.W[t] * inv_eps);
-  for (int j = threadIdx.x; j < m; j += blockDim.x) s.v[j] = T(1);
-  __syncthreads();
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+  for (int t = grp.rank(); t < n * m; t += grp.size()) {
+    const int i = t / m, j = t - i * m;
+    s.W[(int64_t)i * s.ld + j] = exp(-s.W[(int64_t)i * s.ld + j] * inv_eps);
+  }
+  for (int j = grp.rank(); j < m; j += grp.size()) s.v[j] = T(1);
+  grp.sync();
+  for (int i = grp.rank(); i < n; i += grp.size()) {
     T acc = 0;
-    for (int j = 0; j < m; ++j) acc += s.W[(int64_t)i * m + j] * s.v[j];
+    for (int j = 0; j < m; ++j) acc += s.W[(int64_t)i * s.ld + j] * s.v[j];
     s.Kv[i] = acc;
   }
-  __syncthreads();
+  grp.sync();
   res.iters = 0;
   res.converged = false;
   for (int it = 0; it < max_iter; ++it) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s.u[i] = a[i] > 0 ? a[i] / s.Kv[i] : T(0);
-    __syncthreads();
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+    for (int i = grp.rank(); i < n; i += grp.size()) s.u[i] = a[i] > 0 ? a[i] / s.Kv[i] : T(0);
+    grp.sync();
+    for (int j = grp.rank(); j < m; j += grp.size()) {
       T acc = 0;
-      for (int i = 0; i < n; ++i) acc += s.W[(int64_t)i * m + j] * s.u[i];
+      for (int i = 0; i < n; ++i) acc += s.W[(int64_t)i * s.ld + j] * s.u[i];
       s.v[j] = b[j] > 0 ? b[j] / acc : T(0);
     }
-    __syncthreads();
+    grp.sync();
     T err = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int i = grp.rank(); i < n; i += grp.size()) {
       T acc = 0;
-      for (int j = 0; j < m; ++j) acc += s.W[(int64_t)i * m + j] * s.v[j];
+      for (int j = 0; j < m; ++j) acc += s.W[(int64_t)i * s.ld + j] * s.v[j];
       s.Kv[i] = acc;
       err += fabs(s.u[i] * acc - a[i]);
     }
-    err = block_reduce(err, s.red, SumOp<T>(), T(0));
+    err = grp.reduce(err, s.red, SumOp<T>(), T(0));
     ++res.iters;
     if (err <= tol) {
       res.converged = true;
@@ -112,38 +138,38 @@ __device__ bool kernel_domain_block(const T* a, const T* b, int n, int m, T eps,
     }
   }
   T bad = 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
+  for (int i = grp.rank(); i < n; i += grp.size())
     if (a[i] > 0 && !(isfinite(s.u[i]) && s.u[i] > 0)) bad = 1;
-  for (int j = threadIdx.x; j < m; j += blockDim.x)
+  for (int j = grp.rank(); j < m; j += grp.size())
     if (b[j] > 0 && !(isfinite(s.v[j]) && s.v[j] > 0)) bad = 1;
-  return block_reduce(bad, s.red, SumOp<T>(), T(0)) == T(0);
+  return grp.reduce(bad, s.red, SumOp<T>(), T(0)) == T(0);
 }
 
 // Log domain on W = Cr; f in u, g in v, row LSE in Kv.
-template <typename T>
-__device__ void log_domain_block(const T* a, const T* b, int n, int m, T eps, int max_iter, T tol,
+template <typename T, typename Group>
+__device__ void log_domain_block(const Group& grp, const T* a, const T* b, int n, int m, T eps, int max_iter, T tol,
                                  BlockScratch<T>& s, BlockResult& res) {
   const T inv_eps = T(1) / eps;
-  for (int j = threadIdx.x; j < m; j += blockDim.x) s.v[j] = T(0);
-  __syncthreads();
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s.Kv[i] = lse_row(s.W, s.v, i, m, inv_eps);
-  __syncthreads();
+  for (int j = grp.rank(); j < m; j += grp.size()) s.v[j] = T(0);
+  grp.sync();
+  for (int i = grp.rank(); i < n; i += grp.size()) s.Kv[i] = lse_row(s.W, s.v, i, m, s.ld, inv_eps);
+  grp.sync();
   res.iters = 0;
   res.converged = false;
   for (int it = 0; it < max_iter; ++it) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    for (int i = grp.rank(); i < n; i += grp.size())
       s.u[i] = a[i] > 0 ? eps * log(a[i]) - eps * s.Kv[i] : T(-INFINITY);
-    __syncthreads();
-    for (int j = threadIdx.x; j < m; j += blockDim.x)
-      s.v[j] = b[j] > 0 ? eps * log(b[j]) - eps * lse_col(s.W, s.u, j, n, m, inv_eps) : T(-INFINITY);
-    __syncthreads();
+    grp.sync();
+    for (int j = grp.rank(); j < m; j += grp.size())
+      s.v[j] = b[j] > 0 ? eps * log(b[j]) - eps * lse_col(s.W, s.u, j, n, s.ld, inv_eps) : T(-INFINITY);
+    grp.sync();
     T err = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      const T r = lse_row(s.W, s.v, i, m, inv_eps);
+    for (int i = grp.rank(); i < n; i += grp.size()) {
+      const T r = lse_row(s.W, s.v, i, m, s.ld, inv_eps);
       s.Kv[i] = r;
       err += fabs(exp(s.u[i] * inv_eps + r) - a[i]);
     }
-    err = block_reduce(err, s.red, SumOp<T>(), T(0));
+    err = grp.reduce(err, s.red, SumOp<T>(), T(0));
     ++res.iters;
     if (err <= tol) {
       res.converged = true;
@@ -152,38 +178,39 @@ __device__ void log_domain_block(const T* a, const T* b, int n, int m, T eps, in
   }
 }
 
-// Solves one problem; every thread of the block must call it. Returns the distance to all threads.
-template <typename T>
-__device__ T solve_block(const T* C, const T* a, const T* b, int n, int m, T eps, int max_iter, T tol,
+// Solves one problem; every thread of the group must call it. Returns the distance to all of them.
+template <typename T, typename Group>
+__device__ T solve_block(const Group& grp, const T* C, int ldc, const T* a, const T* b, int n, int m, T eps, int max_iter, T tol,
                          SinkhornMode mode, BlockScratch<T>& s, T* plan, T* f_out, T* g_out,
                          BlockResult& res) {
-  const T max_cr = reduce_cost_block(C, n, m, s);
+  const T max_cr = reduce_cost_block(grp, C, ldc, n, m, s);
   bool use_log = mode == SinkhornMode::Log ||
                  (mode == SinkhornMode::Auto && max_cr / eps > T(kLogDomainThreshold));
   if (!use_log) {
-    const bool ok = kernel_domain_block(a, b, n, m, eps, max_iter, tol, s, res);
+    const bool ok = kernel_domain_block(grp, a, b, n, m, eps, max_iter, tol, s, res);
     if (!ok && mode == SinkhornMode::Auto) {
       use_log = true;
-      reduce_cost_block(C, n, m, s);
+      reduce_cost_block(grp, C, ldc, n, m, s);
     }
   }
-  if (use_log) log_domain_block(a, b, n, m, eps, max_iter, tol, s, res);
-  __syncthreads();
+  if (use_log) log_domain_block(grp, a, b, n, m, eps, max_iter, tol, s, res);
+  grp.sync();
   const T inv_eps = T(1) / eps;
   T dist = 0;
-  for (int t = threadIdx.x; t < n * m; t += blockDim.x) {
+  for (int t = grp.rank(); t < n * m; t += grp.size()) {
     const int i = t / m, j = t - i * m;
-    const T p = use_log ? exp((s.u[i] + s.v[j] - s.W[t]) * inv_eps) : s.u[i] * s.W[t] * s.v[j];
-    dist += p * C[t];
-    if (plan) plan[t] = p;
+    const T w = s.W[(int64_t)i * s.ld + j];
+    const T p = use_log ? exp((s.u[i] + s.v[j] - w) * inv_eps) : s.u[i] * w * s.v[j];
+    dist += p * C[(int64_t)i * ldc + j];
+    if (plan) plan[t] = p;  // plan is (n, m); when W aliases plan, ld == m and t is the same slot
   }
   if (f_out)
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    for (int i = grp.rank(); i < n; i += grp.size())
       f_out[i] = (use_log ? s.u[i] : eps * log(s.u[i])) + s.alpha[i];
   if (g_out)
-    for (int j = threadIdx.x; j < m; j += blockDim.x)
+    for (int j = grp.rank(); j < m; j += grp.size())
       g_out[j] = (use_log ? s.v[j] : eps * log(s.v[j])) + s.beta[j];
-  return block_reduce(dist, s.red, SumOp<T>(), T(0));
+  return grp.reduce(dist, s.red, SumOp<T>(), T(0));
 }
 
 // Shared-memory bytes for the vectors of one problem (W excluded).

@@ -39,7 +39,7 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
     distance = torch.empty(P, dtype=dt, device=cost.device)
     # CUDA uses the plan buffer as scratch when K does not fit in shared memory, and the
     # official kernel keeps K / r / c in plan / f / g.
-    big = impl == "cuda" and (n * m + 3 * (n + m) + 32) * cost.element_size() > 48 * 1024
+    big = impl == "cuda" and (n * (m + 1) + 3 * (n + m) + 32) * cost.element_size() > 48 * 1024
     need_plan = want_plan or big or (impl == "cuda" and mode == OFFICIAL)
     plan = torch.empty(P, n, m, dtype=dt, device=cost.device) if need_plan else None
     f = g = None
