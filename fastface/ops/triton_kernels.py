@@ -41,6 +41,9 @@ def _sinkhorn_warps(BN, BM):
 
 
 if AVAILABLE:
+    # The reference's constants, visible inside @triton.jit code.
+    _NORM_FLOOR = tl.constexpr(NORM_FLOOR)                # 1e-12
+    _LOG_THRESHOLD = tl.constexpr(LOG_DOMAIN_THRESHOLD)   # 50
 
     # ------------------------------------------------------------------------------------------
     # Shared helpers
@@ -88,7 +91,7 @@ if AVAILABLE:
     @triton.jit
     def _inv_norm(sq):
         """1 / max(sqrt(sq), NORM_FLOOR), correctly rounded (zero rows -> finite, dot stays 0)."""
-        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), 1e-12))
+        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), _NORM_FLOOR))
 
     @triton.jit
     def _lse(x, AXIS: tl.constexpr):
@@ -106,16 +109,18 @@ if AVAILABLE:
         return (x == x) & (tl.abs(x) != float("inf"))
 
     @triton.jit
-    def _sinkhorn_tile(cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode,
-                       BN: tl.constexpr, BM: tl.constexpr):
+    def _sinkhorn_tile(cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, cost_ptrs,
+                       BN: tl.constexpr, BM: tl.constexpr, RELOAD: tl.constexpr):
         """Sinkhorn on one problem held in registers, exactly as fastface.reference.sinkhorn_ref.
 
         cost (BN, BM) float32 (padding arbitrary), a (BN,), b (BM,) float32 with 0 on padding.
         mode: 0 auto, 1 kernel domain, 2 log domain.
         Returns f (BN,), g (BM,) potentials of `cost` (-inf on zero weights and padding),
         n_iter (int32) and converged (bool); `_plan_tile` turns f, g into the plan and distance.
-        The caller's cost tile is not needed after the reduction (the plain Sinkhorn kernel
-        reloads it at the end, so only K or Cr stays in registers through the loops).
+        RELOAD: cost_ptrs (BN, BM) address the cost in global memory; Cr is then rebuilt from a
+        fresh load after the kernel-domain loop, so only K (then only Cr) stays in registers
+        through the loops. Without RELOAD (fused kernel: the cost exists only in registers)
+        cost_ptrs is unused and Cr stays live through both loops.
         """
         INF: tl.constexpr = float("inf")
         mask2d = mask_i[:, None] & mask_j[None, :]
@@ -127,13 +132,15 @@ if AVAILABLE:
         c1 = cost - alpha[:, None]                                       # (BN, BM)
         beta = tl.min(tl.where(mask2d, c1, INF), axis=0)                 # (BM,)
         beta = tl.where(mask_j, beta, 0.0)
-        cr = tl.where(mask2d, c1 - beta[None, :], 0.0)                   # (BN, BM)
+        # Padding gets Cr = +inf: K = 0 there and log-domain terms are -inf, so the loops need
+        # no 2-D masks (NaN-free: potentials are never +inf).
+        cr = tl.where(mask2d, c1 - beta[None, :], INF)                   # (BN, BM)
 
-        crmax = tl.max(tl.max(cr, axis=1), axis=0)
-        use_log = (mode == 2) | ((mode == 0) & (crmax / eps > 50.0))     # LOG_DOMAIN_THRESHOLD
+        crmax = tl.max(tl.max(tl.where(mask2d, cr, 0.0), axis=1), axis=0)
+        use_log = (mode == 2) | ((mode == 0) & (crmax / eps > _LOG_THRESHOLD))
 
         # ---- kernel domain: u = a / (K v), v = b / (K^T u), K = exp(-Cr / eps) ----
-        K = tl.where(mask2d, tl.exp(-cr / eps), 0.0)                     # (BN, BM)
+        K = tl.exp(-cr / eps)                                            # (BN, BM), 0 on padding
         u = tl.full((BN,), 1.0, tl.float32)
         v = tl.full((BM,), 1.0, tl.float32)
         it_k = tl.full((), 0, tl.int32)
@@ -147,6 +154,10 @@ if AVAILABLE:
             err_k = tl.sum(tl.where(mask_i, tl.abs(row - a), 0.0), axis=0)
             # NaN errors keep iterating, like the reference (~(err <= tol)).
             go = tl.where((err_k <= tol) | (it_k >= max_iter), 0, 1)
+        if RELOAD:
+            # volatile: a second, real load (not merged with the first by the compiler).
+            cost = tl.load(cost_ptrs, mask=mask2d, other=0.0, volatile=True)
+            cr = tl.where(mask2d, (cost - alpha[:, None]) - beta[None, :], INF)   # same bits
         f_k = eps * tl.log(u)
         g_k = eps * tl.log(v)
         bad_f = tl.max(tl.where((a > 0) & (_isfinite(f_k) == 0), 1, 0), axis=0)
@@ -154,29 +165,27 @@ if AVAILABLE:
         use_log = use_log | ((mode == 0) & ((bad_f + bad_g) > 0))
 
         # ---- log domain: f = eps log a - eps LSE_j((g_j - Cr_ij) / eps), then g likewise ----
+        # The loop state starts as the kernel-domain result, reset to f = g = 0 when the log domain
+        # runs, so the result needs no select afterwards (fewer vectors live through the loop).
         eps_log_a = eps * tl.log(a)      # -inf on zero weights and padding
         eps_log_b = eps * tl.log(b)
-        f = tl.zeros((BN,), dtype=tl.float32)
-        g = tl.zeros((BM,), dtype=tl.float32)
-        it_l = tl.full((), 0, tl.int32)
-        err_l = tl.full((), INF, tl.float32)
+        f = tl.where(use_log, 0.0, f_k)
+        g = tl.where(use_log, 0.0, g_k)
+        it_l = tl.where(use_log, 0, it_k)
+        err_l = tl.where(use_log, INF, err_k)
         go = tl.where(use_log & (max_iter > 0), 1, 0)
         while go != 0:
-            lse_f = _lse(tl.where(mask2d, (g[None, :] - cr) / eps, -INF), 1)   # (BN,)
+            lse_f = _lse((g[None, :] - cr) / eps, 1)                           # (BN,)
             f = tl.where(mask_i, eps_log_a - eps * lse_f, -INF)
-            lse_g = _lse(tl.where(mask2d, (f[:, None] - cr) / eps, -INF), 0)   # (BM,)
+            lse_g = _lse((f[:, None] - cr) / eps, 0)                           # (BM,)
             g = tl.where(mask_j, eps_log_b - eps * lse_g, -INF)
             it_l += 1
-            row = tl.exp(_lse(tl.where(mask2d, (f[:, None] + g[None, :] - cr) / eps, -INF), 1))
+            row = tl.exp(_lse((f[:, None] + g[None, :] - cr) / eps, 1))        # (BN,) = P 1
             err_l = tl.sum(tl.where(mask_i, tl.abs(row - a), 0.0), axis=0)
             go = tl.where((err_l <= tol) | (it_l >= max_iter), 0, 1)
 
         # Potentials of the original cost.
-        f = tl.where(use_log, f, f_k) + alpha
-        g = tl.where(use_log, g, g_k) + beta
-        n_iter = tl.where(use_log, it_l, it_k)
-        converged = tl.where(use_log, err_l, err_k) <= tol
-        return f, g, n_iter, converged
+        return f + alpha, g + beta, it_l, err_l <= tol
 
     @triton.jit
     def _plan_tile(f, g, cost, mask2d, eps):
@@ -221,8 +230,8 @@ if AVAILABLE:
         a = tl.load(a_ptr + p * n + offs_i, mask=mask_i, other=0.0)       # (BN,)
         b = tl.load(b_ptr + p * m + offs_j, mask=mask_j, other=0.0)       # (BM,)
         f, g, n_iter, converged = _sinkhorn_tile(
-            cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, BN, BM)
-        cost = tl.load((cost_ptr + p * n * m + offs_i[:, None] * m) + offs_j[None, :], mask=mask2d, other=0.0)
+            cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, cost_ptr + tile, BN, BM, True)
+        cost = tl.load(cost_ptr + tile, mask=mask2d, other=0.0, volatile=True)   # not kept live
         plan, distance = _plan_tile(f, g, cost, mask2d, eps)
         tl.store(dist_ptr + p, distance)
         tl.store(f_ptr + p * n + offs_i, f, mask=mask_i)
@@ -284,7 +293,7 @@ if AVAILABLE:
             fallback = (empty_a | empty_b).to(tl.int32)
 
         f, g, n_iter, converged = _sinkhorn_tile(
-            cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, BN, BM)
+            cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, cost, BN, BM, False)
         plan, distance = _plan_tile(f, g, cost, mask2d, eps)
         tl.store(emd_ptr + p, distance)
         tl.store(iter_ptr + p, n_iter)
@@ -336,7 +345,7 @@ def patch_cost_triton(x, y, rep):
         return out.fill_(1.0)
     BN, BM, BC = _tile(n, hi=64), _tile(m, hi=64), _tile(C, hi=32)
     grid = (P, triton.cdiv(n, BN), triton.cdiv(m, BM))
-    _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=4)
+    _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=8)
     return out
 
 
