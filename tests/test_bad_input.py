@@ -141,3 +141,11 @@ def test_non_contiguous_and_expanded_inputs_work(gallery):
     qx = patches[:1].expand(3, 4, 8)
     res3 = ff.emd_rerank((emb[:1].expand(3, 8), qx), (emb, patches), k=4, impl="cpu")
     assert torch.equal(res3.indices[0], res3.indices[2])
+
+
+def test_empty_batches_give_empty_results(impl_device):
+    impl, device = impl_device
+    x, y = torch.rand(0, 4, 3, device=device), torch.rand(0, 5, 3, device=device)
+    assert ff.emd(x, y, impl=impl).shape == (0,)
+    assert ff.patch_cost(x, y, impl=impl).shape == (0, 4, 5)
+    assert ff.sinkhorn(torch.rand(0, 4, 3, device=device), impl=impl).distance.shape == (0,)

@@ -43,6 +43,14 @@ inline void check_launch(const char* kernel) {
     throw std::runtime_error(std::string(kernel) + " launch failed: " + cudaGetErrorString(err));
 }
 
+// Grid size for `count` blocks, or a clear error past CUDA's limit.
+inline unsigned grid_of(int64_t count, const char* name) {
+  if (count > int64_t(0x7fffffff))
+    throw std::invalid_argument(std::string(name) + ": " + std::to_string(count) +
+                                " problems exceed one launch; split the batch");
+  return unsigned(count);
+}
+
 // Opts a kernel into more than 48 KB of dynamic shared memory; throws if the device has less.
 template <typename Kernel>
 inline void set_smem(Kernel kernel, size_t bytes, const char* name) {

@@ -161,7 +161,7 @@ template <typename In>
 static void launch(const EmdPairsArgs& args, cudaStream_t stream) {
   const size_t bytes = pairs_smem(args.n, args.m);
   set_smem(emd_pairs_kernel<In>, bytes, "emd_pairs_kernel");
-  emd_pairs_kernel<In><<<unsigned(args.B * args.k), kThreads, bytes, stream>>>(args);
+  emd_pairs_kernel<In><<<grid_of(args.B * args.k, "emd_pairs_kernel"), kThreads, bytes, stream>>>(args);
   check_launch("emd_pairs_kernel");
 }
 

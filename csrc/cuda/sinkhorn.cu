@@ -126,7 +126,7 @@ static void launch(const SinkhornArgs& args, cudaStream_t stream) {
   if (args.mode == SinkhornMode::Official) {
     if (!args.plan || !args.f || !args.g)
       throw std::invalid_argument("sinkhorn (cuda, official): plan, f and g buffers are required");
-    official_kernel<T><<<unsigned(args.P / args.group), kThreads, 0, stream>>>(args);
+    official_kernel<T><<<grid_of(args.P / args.group, "official_kernel"), kThreads, 0, stream>>>(args);
     return check_launch("official_kernel");
   }
   // Per-problem shared memory, W padded to (n, m + 1); keep it a multiple of 16 bytes.
@@ -135,19 +135,19 @@ static void launch(const SinkhornArgs& args, cudaStream_t stream) {
   const int warps = int(std::min<size_t>(4, kDefaultSmem / per_bytes));
   if (warps >= 2) {
     const int64_t blocks = (args.P + warps - 1) / warps;
-    sinkhorn_warp_kernel<T><<<unsigned(blocks), 32 * warps, per_bytes * warps, stream>>>(args, per_problem);
+    sinkhorn_warp_kernel<T><<<grid_of(blocks, "sinkhorn_warp_kernel"), 32 * warps, per_bytes * warps, stream>>>(args, per_problem);
     return check_launch("sinkhorn_warp_kernel");
   }
   const size_t vec = vector_smem(args.n, args.m, sizeof(T));
   const size_t full = vec + size_t(args.n) * (args.m + 1) * sizeof(T);
   if (full <= kDefaultSmem) {
-    sinkhorn_kernel<T, true><<<unsigned(args.P), kThreads, full, stream>>>(args);
+    sinkhorn_kernel<T, true><<<grid_of(args.P, "sinkhorn_kernel"), kThreads, full, stream>>>(args);
     return check_launch("sinkhorn_kernel");
   }
   if (!args.plan)
     throw std::invalid_argument("sinkhorn (cuda): n*m too large for shared memory; pass a plan buffer");
   set_smem(sinkhorn_kernel<T, false>, vec, "sinkhorn_kernel");
-  sinkhorn_kernel<T, false><<<unsigned(args.P), kThreads, vec, stream>>>(args);
+  sinkhorn_kernel<T, false><<<grid_of(args.P, "sinkhorn_kernel"), kThreads, vec, stream>>>(args);
   check_launch("sinkhorn_kernel");
 }
 

@@ -68,5 +68,6 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
         if impl == "cpu":
             be._C.patch_cost_cpu(*args, be.threads())
         else:
-            be._C.patch_cost_cuda(*args, be.stream_of(x.device))
+            with torch.cuda.device(x.device):
+                be._C.patch_cost_cuda(*args, be.stream_of(x.device))
     return out.reshape(*batch, n, m)

@@ -20,7 +20,7 @@ def emd_pairs(x, y, idx, weighting, wx, wy, eps, max_iter, tol, mode, want_flows
     """
     B, n, C = x.shape
     m = y.shape[1]
-    k = idx.shape[1] if idx is not None else y.shape[0] // B
+    k = idx.shape[1] if idx is not None else (y.shape[0] // B if B else 0)
     code = EXTERNAL if weighting == "external" else FUSED_WEIGHTINGS[weighting]
     if impl == "triton":
         if idx is not None:
@@ -42,17 +42,20 @@ def emd_pairs(x, y, idx, weighting, wx, wy, eps, max_iter, tol, mode, want_flows
         if impl == "cpu":
             be._C.emd_pairs_cpu(*args, be.threads())
         else:
-            be._C.emd_pairs_cuda(*args, be.stream_of(dev))
+            with torch.cuda.device(dev):
+                be._C.emd_pairs_cuda(*args, be.stream_of(dev))
     return dict(emd=emd, flows=flows, n_iter=n_iter, converged=conv.bool(), fallback=fallback.bool())
 
 
-def fused_ok(impl, mode, dtype, n, m):
+def fused_ok(impl, mode, dtype, n, m, device=None):
+    """Whether the fused kernel of `impl` handles this problem (else: cost, weights, Sinkhorn)."""
     if impl == "torch" or MODES[mode] == OFFICIAL or dtype == torch.float64:
         return False
     if impl == "triton":
         return max(n, m) <= 128
-    if impl == "cuda":  # the fused kernel keeps two (n, m) tiles in shared memory
-        return (2 * n * m + 21 * (n + m) + 34) * 4 <= 200 * 1024
+    if impl == "cuda":  # emd_pairs.cu's pairs_smem: two padded (n, m+1) tiles + staging + vectors
+        need = (2 * n * (m + 1) + 19 * (n + m) + 2 + 3 * (n + m) + 32) * 4
+        return need <= 48 * 1024 or need <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     return True
 
 
@@ -77,7 +80,7 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     impl = be.resolve_impl(impl, x.device)
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     n, m = x.shape[-2], y.shape[-2]
-    if not grad and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, x.dtype, n, m) \
+    if not grad and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, x.dtype, n, m, x.device) \
             and y.dtype == x.dtype:
         xf, yf, rep, batch = flatten_pairs(x, y)
         if impl == "cpu":

@@ -156,7 +156,7 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         m = g.patches.shape[1]
         xq = q.patches
         mode_eff = "official" if official else mode
-        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, xq.dtype, n, m):
+        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, xq.dtype, n, m, q.device):
             dt = torch.float32 if impl == "cpu" else (xq.dtype if xq.dtype == g.patches.dtype else torch.float32)
             xq = xq.to(dt).contiguous()
             gp = g.patches

@@ -54,7 +54,8 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
     if impl == "cpu":
         be._C.sinkhorn_cpu(*args, be.threads())
     else:
-        be._C.sinkhorn_cuda(*args, be.stream_of(cost.device))
+        with torch.cuda.device(cost.device):  # launches and shared-memory opt-ins on this GPU
+            be._C.sinkhorn_cuda(*args, be.stream_of(cost.device))
     if mode == OFFICIAL:
         f = g = None
     return dict(distance=distance, plan=plan if want_plan else None, f=f, g=g, n_iter=n_iter,
@@ -162,7 +163,7 @@ def sinkhorn(cost, a=None, b=None, *, eps=0.05, max_iter=100, tol=1e-6, return_p
         group = official_group or (batch[-1] if batch else 1)
         if cost_f.shape[:-2].numel() % group:
             raise ValueError(f"official_group={group} must divide the number of problems")
-    P = max(1, cost_f.shape[:-2].numel())
+    P = cost_f.shape[:-2].numel()  # 1 for a single 2-D problem, 0 for an empty batch
     flat = cost_f.reshape(P, n, m).contiguous()
     af, bf = a.reshape(P, n).contiguous(), b.reshape(P, m).contiguous()
     dist, plan, n_iter, conv, f, g = _SinkhornFn.apply(flat, af, bf, float(eps), int(max_iter),
