@@ -1,4 +1,5 @@
-"""Face backbones: ArcFace IR ResNet (DeepFace-EMD's), with an ArcFace margin head."""
+"""Face backbones: ArcFace IR ResNet (DeepFace-EMD's) with its margin head, and the pretrained dlib ResNet."""
 from .arcface import ArcFaceResNet, ArcMarginHead, arcface_resnet18
+from .dlib_resnet import DlibResNet, read_dlib_layers
 
-__all__ = ["ArcFaceResNet", "ArcMarginHead", "arcface_resnet18"]
+__all__ = ["ArcFaceResNet", "ArcMarginHead", "arcface_resnet18", "DlibResNet", "read_dlib_layers"]
