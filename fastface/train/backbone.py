@@ -117,13 +117,14 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
                     emb, _ = model(x)
                     logits = head(emb.float(), y)
                     loss = torch.nn.functional.cross_entropy(logits, y)
+                with torch.no_grad():  # batch accuracy of the margin-free logits, before the step
+                    acc = (head(emb.float()).argmax(1) == y).float().mean().item()
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
                 step += 1
-                acc = (head(emb.detach().float()).argmax(1) == y).float().mean().item()
                 record = {"step": step, "epoch": epoch, "loss": loss.item(), "acc": acc,
                           "lr": opt.param_groups[0]["lr"]}
                 log_file.write(json.dumps(record) + "\n")
