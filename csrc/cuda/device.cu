@@ -1,18 +1,17 @@
-// Device discovery without torch.
-#include <cuda_runtime.h>
-
+// Device query for the Python side (0 when there is no driver or no GPU).
+#include "common.cuh"
 #include "launchers.h"
 
 namespace fastface {
 namespace cuda {
 
 int device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error
     return 0;
   }
-  return count;
+  return n;
 }
 
 }  // namespace cuda

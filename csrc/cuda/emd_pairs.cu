@@ -1,178 +1,305 @@
-// Fused re-rank on the GPU: one block per (query, candidate) pair. The cost tile is built in
-// shared memory from X and Y staged over chunks of C, then weights and the Sinkhorn loop run
-// on-chip; the (B, k, n, m) cost never reaches global memory (flows are written only if asked).
+// Fused re-rank on the GPU: one block (128 threads) per (query, candidate) pair, grid-stride in
+// p = b * k + j order (neighbouring blocks share the query's X in L2). The cost tile is computed
+// from X and Y staged through shared memory (gemm_tile), then weights and the Sinkhorn loop run
+// on-chip; the (B*k, n, m) cost never reaches global memory unless flows are requested.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "gemm_tile.cuh"
 #include "launchers.h"
-#include "sinkhorn_block.cuh"
+#include "sinkhorn_core.cuh"
 
 namespace fastface {
 namespace cuda {
 
-constexpr int kTileC = 16;   // channels staged per step
-constexpr int kTileLd = 17;  // padded tile row stride: no shared-memory bank conflicts
+namespace {
 
-// Shared layout (floats): D (n, m+1), W (n, m+1), X tile (n, kTileLd), Y tile (m, kTileLd),
-// wx (n), wy (m), xn (n), yn (m), sums (2), then the Sinkhorn vectors.
-inline size_t pairs_smem(int64_t n, int64_t m) {
-  return (2 * n * (m + 1) + (n + m) * kTileLd + 2 * (n + m) + 2) * sizeof(float) +
-         vector_smem(n, m, sizeof(float));
+struct EmdParams {
+  const void* x;       // (B, n, C)
+  const void* y;       // (G, m, C) or (B * k, m, C)
+  const int64_t* idx;  // (B, k) or null
+  int64_t P, k;        // P = B * k
+  int n, m;
+  int64_t C;
+  int weighting, mode, max_iter;
+  float eps, tol;
+  const float* wx;     // (P, n) External
+  const float* wy;     // (P, m) External
+  float* emd;          // (P,)
+  float* flows;        // (P, n, m) or null
+  int32_t* n_iter;
+  uint8_t* converged;
+  uint8_t* fallback;
+};
+
+// Dynamic shared layout (bytes): red (32 doubles) | A: gemm staging, later the K / Cr buffer
+// (n, ld) | cost (n, ld) | norms (n + m) + 2 row-sum squared norms | solver vectors.
+// LIVE (too large for shared memory): no K / cost buffers; the cost lives in flows.
+struct EmdLayout {
+  Dims d;
+  bool fast;  // n, m <= 64: tiled GEMM; else one dot product per thread
+  size_t off_a, off_c, off_misc, off_core, bytes;
+};
+
+__host__ __device__ inline EmdLayout emd_layout(int n, int m, bool live) {
+  EmdLayout L;
+  L.fast = n <= kTile && m <= kTile;
+  L.d = make_dims(n, m, m | 1, kGemmThreads);
+  const size_t kb = live ? 0 : size_t(n) * L.d.ld * sizeof(float);
+  const size_t gb = L.fast ? sizeof(GemmSmem<float>) : 0;
+  size_t off = kRedBytes;
+  L.off_a = off;
+  off += align16(gb > kb ? gb : kb);
+  L.off_c = off;
+  off += align16(kb);
+  L.off_misc = off;
+  off += align16(size_t(n + m + 2) * sizeof(float));
+  L.off_core = off;
+  off += core_vec_elems(L.d) * sizeof(float);
+  L.bytes = off;
+  return L;
 }
 
-template <typename In>
-__global__ void emd_pairs_kernel(EmdPairsArgs args) {
-  extern __shared__ unsigned char smem_raw[];
-  float* sm = reinterpret_cast<float*>(smem_raw);
-  const int n = int(args.n), m = int(args.m);
-  const int64_t C = args.C, p = blockIdx.x, qb = p / args.k, nm = int64_t(n) * m;
-  const int ld = m + 1;
-  float* D = sm;             // (n, ld) dot products, then the cost
-  float* Wb = D + n * ld;    // (n, ld) Sinkhorn scratch
-  float* xt = Wb + n * ld;   // (n, kTileLd)
-  float* yt = xt + n * kTileLd;
-  float* wx = yt + m * kTileLd;
-  float* wy = wx + n;
-  float* xn = wy + m;
-  float* yn = xn + n;
-  float* sums = yn + m;      // ||sum_i x_i||^2, ||sum_j y_j||^2
-  BlockScratch<float> s;
-  s.W = Wb;
-  s.ld = ld;
-  s.u = sums + 2;
-  s.v = s.u + n;
-  s.Kv = s.v + m;
-  s.alpha = s.Kv + n;
-  s.beta = s.alpha + n;
-  s.red = s.beta + m;
-  const In* X = static_cast<const In*>(args.x) + qb * n * C;
-  const int64_t row = args.idx ? args.idx[p] : p;
-  const In* Y = static_cast<const In*>(args.y) + row * m * C;
+// Slow path for n or m > 64: cb = X Y^T (one dot product per thread), nrm = row norms (a warp
+// per row), sums = squared norms of the row sums (APC only).
+template <typename Tin>
+__device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C, bool apc, float* cb,
+                            int ldb, float* nrm, float* sums, double* red) {
+  const int t = threadIdx.x, nt = blockDim.x, lane = t & 31;
+  for (int r = t >> 5; r < n + m; r += nt >> 5) {  // warp-uniform loop
+    const Tin* z = r < n ? X + int64_t(r) * C : Y + int64_t(r - n) * C;
+    float s = 0.f;
+    for (int64_t c = lane; c < C; c += 32) {
+      const float v = to_acc(z[c]);
+      s = fmaf(v, v, s);
+    }
+    s = warp_sum(s);
+    if (lane == 0) nrm[r] = fmaxf(sqrtf(s), float(kNormFloor));
+  }
+  for (int idx = t; idx < n * m; idx += nt) {
+    const int i = idx / m, j = idx - i * m;
+    const Tin* xi = X + int64_t(i) * C;
+    const Tin* yj = Y + int64_t(j) * C;
+    float s = 0.f;
+    for (int64_t c = 0; c < C; ++c) s = fmaf(to_acc(xi[c]), to_acc(yj[c]), s);
+    cb[i * ldb + j] = s;
+  }
+  if (apc) {
+    float sx = 0.f, sy = 0.f;
+    for (int64_t c = t; c < C; c += nt) {
+      float a = 0.f, b = 0.f;
+      for (int i = 0; i < n; ++i) a += to_acc(X[int64_t(i) * C + c]);
+      for (int j = 0; j < m; ++j) b += to_acc(Y[int64_t(j) * C + c]);
+      sx = fmaf(a, a, sx);
+      sy = fmaf(b, b, sy);
+    }
+    sx = block_sum(sx, red);
+    sy = block_sum(sy, red);
+    if (t == 0) {
+      sums[0] = sx;
+      sums[1] = sy;
+    }
+  }
+}
 
-  for (int t = threadIdx.x; t < n * ld; t += blockDim.x) D[t] = 0.f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) xn[i] = 0.f;
-  for (int j = threadIdx.x; j < m; j += blockDim.x) yn[j] = 0.f;
-  float xsum2 = 0.f, ysum2 = 0.f;  // per-thread partial squared norms of the row sums
-  for (int64_t c0 = 0; c0 < C; c0 += kTileC) {
-    const int w = C - c0 < kTileC ? int(C - c0) : kTileC;
-    __syncthreads();
-    for (int t = threadIdx.x; t < n * kTileC; t += blockDim.x) {
-      const int i = t / kTileC, c = t - i * kTileC;
-      xt[i * kTileLd + c] = c < w ? to_float(X[int64_t(i) * C + c0 + c]) : 0.f;
-    }
-    for (int t = threadIdx.x; t < m * kTileC; t += blockDim.x) {
-      const int j = t / kTileC, c = t - j * kTileC;
-      yt[j * kTileLd + c] = c < w ? to_float(Y[int64_t(j) * C + c0 + c]) : 0.f;
-    }
-    __syncthreads();
-    for (int t = threadIdx.x; t < nm; t += blockDim.x) {
-      const int i = t / m, j = t - i * m;
-      float acc = D[i * ld + j];
+template <typename Tin, bool LIVE>
+__global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int n = q.n, m = q.m, t = threadIdx.x, nt = blockDim.x;
+  const EmdLayout L = emd_layout(n, m, LIVE);
+  const Dims& d = L.d;
+  double* red = reinterpret_cast<double*>(smem);
+  GemmSmem<float>& gs = *reinterpret_cast<GemmSmem<float>*>(smem + L.off_a);
+  float* kbuf = reinterpret_cast<float*>(smem + L.off_a);   // (n, ld), after the GEMM
+  float* cs = reinterpret_cast<float*>(smem + L.off_c);     // (n, ld) cost
+  float* nrm = reinterpret_cast<float*>(smem + L.off_misc); // |x_i| (n), then |y_j| (m)
+  float* sums = nrm + n + m;                                // ||sum_i x_i||^2, ||sum_j y_j||^2
+  Core<float> s = carve_core(reinterpret_cast<float*>(smem + L.off_core), d, red);
+  const bool apc = q.weighting == int(Weighting::APC), sc = q.weighting == int(Weighting::SC);
+  const int64_t nm = int64_t(n) * m;
+  const float floor_ = float(kNormFloor);
+  for (int64_t p = blockIdx.x; p < q.P; p += gridDim.x) {
+    const Tin* X = static_cast<const Tin*>(q.x) + (p / q.k) * n * q.C;  // (n, C)
+    const int64_t yrow = q.idx ? q.idx[p] : p;
+    const Tin* Y = static_cast<const Tin*>(q.y) + yrow * m * q.C;      // (m, C)
+    float* cb = LIVE ? q.flows + p * nm : cs;  // (n, ldb): dot products, then the cost
+    const int ldb = LIVE ? m : d.ld;
+
+    // 1. Dot products D, norms, squared norms of the row sums.
+    if (L.fast) {
+      float acc[4][8], ss, colsq;
+      gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq);
+      const int tx = t & 7, ty = t >> 3;
 #pragma unroll
-      for (int c = 0; c < kTileC; ++c) acc = fmaf(xt[i * kTileLd + c], yt[j * kTileLd + c], acc);
-      D[i * ld + j] = acc;
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+          const int i = ty + 16 * r, j = tx + 8 * c;
+          if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
+        }
+      const float nv = fmaxf(sqrtf(ss), floor_);
+      if (t < kTile) {
+        if (t < n) nrm[t] = nv;
+      } else if (t - kTile < m) {
+        nrm[n + t - kTile] = nv;
+      }
+      if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
+        if ((t & 15) == 0) sums[t >> 4] = colsq;
+      }
+    } else {
+      simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red);
     }
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      float acc = 0.f;
-      for (int c = 0; c < kTileC; ++c) acc = fmaf(xt[i * kTileLd + c], xt[i * kTileLd + c], acc);
-      xn[i] += acc;
-    }
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-      float acc = 0.f;
-      for (int c = 0; c < kTileC; ++c) acc = fmaf(yt[j * kTileLd + c], yt[j * kTileLd + c], acc);
-      yn[j] += acc;
-    }
-    if (args.weighting == Weighting::APC) {
-      for (int c = threadIdx.x; c < kTileC; c += blockDim.x) {
-        float sx = 0.f, sy = 0.f;
-        for (int i = 0; i < n; ++i) sx += xt[i * kTileLd + c];
-        for (int j = 0; j < m; ++j) sy += yt[j * kTileLd + c];
-        xsum2 += sx * sx;
-        ysum2 += sy * sy;
+    __syncthreads();
+
+    // 2. Weights (APC from the dot products), then the cost C = 1 - D / (|x_i| |y_j|).
+    auto D = [&](int i, int j) { return cb[i * ldb + j]; };
+    if (apc) {
+      // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
+      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_);
+      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_);
+      row_partials<float, SumOp>(d, D, s.pm);
+      col_partials<float, SumOp>(d, D, s.ps);
+      __syncthreads();
+      for (int i = t; i < n; i += nt) {
+        const float v = combine<float, SumOp>(s.pm, d.sr, n, i) / (nrm[i] * float(m) * ymn);
+        s.wa[i] = v > 0.f ? v : 0.f;
+      }
+      for (int j = t; j < m; j += nt) {
+        const float v = combine<float, SumOp>(s.ps, d.sc, m, j) / (nrm[n + j] * float(n) * xmn);
+        s.wb[j] = v > 0.f ? v : 0.f;
       }
     }
-  }
-  const float xs2 = block_reduce(xsum2, s.red, SumOp<float>(), 0.f);
-  const float ys2 = block_reduce(ysum2, s.red, SumOp<float>(), 0.f);  // also orders the D/xn/yn writes
-  for (int i = threadIdx.x; i < n; i += blockDim.x) xn[i] = fmaxf(sqrtf(xn[i]), float(kNormFloor));
-  for (int j = threadIdx.x; j < m; j += blockDim.x) yn[j] = fmaxf(sqrtf(yn[j]), float(kNormFloor));
-  __syncthreads();
-  if (args.weighting == Weighting::APC) {
-    // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
-    const float ymean = fmaxf(sqrtf(ys2) / float(m), float(kNormFloor));
-    const float xmean = fmaxf(sqrtf(xs2) / float(n), float(kNormFloor));
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      float acc = 0.f;
-      for (int j = 0; j < m; ++j) acc += D[i * ld + j];
-      wx[i] = fmaxf(0.f, acc / (xn[i] * float(m) * ymean));
+    for (int idx = t; idx < n * m; idx += nt) {  // D's readers above passed a barrier already
+      const int i = idx / m, j = idx - i * m;
+      cb[i * ldb + j] = 1.f - cb[i * ldb + j] / (nrm[i] * nrm[n + j]);
     }
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-      float acc = 0.f;
-      for (int i = 0; i < n; ++i) acc += D[i * ld + j];
-      wy[j] = fmaxf(0.f, acc / (yn[j] * float(n) * xmean));
+    __syncthreads();
+    if (sc) {  // the official code sums cosine distances
+      row_partials<float, SumOp>(d, D, s.pm);
+      col_partials<float, SumOp>(d, D, s.ps);
+      __syncthreads();
+      for (int i = t; i < n; i += nt) {
+        const float v = combine<float, SumOp>(s.pm, d.sr, n, i);
+        s.wa[i] = v > 0.f ? v : 0.f;
+      }
+      for (int j = t; j < m; j += nt) {
+        const float v = combine<float, SumOp>(s.ps, d.sc, m, j);
+        s.wb[j] = v > 0.f ? v : 0.f;
+      }
+    } else if (q.weighting == int(Weighting::External)) {
+      for (int i = t; i < n; i += nt) s.wa[i] = q.wx[p * n + i];
+      for (int j = t; j < m; j += nt) s.wb[j] = q.wy[p * m + j];
+    } else if (!apc) {  // Uniform
+      for (int i = t; i < n; i += nt) s.wa[i] = 1.f / float(n);
+      for (int j = t; j < m; j += nt) s.wb[j] = 1.f / float(m);
+    }
+    bool fell_back = false;
+    if (apc || sc) {  // w = s / sum(s); an all-zero side becomes uniform
+      double tx = 0, ty = 0;
+      for (int i = t; i < n; i += nt) tx += s.wa[i];  // same thread wrote wa[i]
+      for (int j = t; j < m; j += nt) ty += s.wb[j];
+      tx = block_sum(tx, red);
+      ty = block_sum(ty, red);
+      if (!(tx > 0.0)) {
+        for (int i = t; i < n; i += nt) s.wa[i] = 1.f / float(n);
+        fell_back = true;
+      } else {
+        for (int i = t; i < n; i += nt) s.wa[i] = float(double(s.wa[i]) / tx);
+      }
+      if (!(ty > 0.0)) {
+        for (int j = t; j < m; j += nt) s.wb[j] = 1.f / float(m);
+        fell_back = true;
+      } else {
+        for (int j = t; j < m; j += nt) s.wb[j] = float(double(s.wb[j]) / ty);
+      }
+    }
+    __syncthreads();
+
+    // 3. Sinkhorn; the plan goes to flows when asked (LIVE: over the cost, slot by slot).
+    const CostRef<float> cost{cb, ldb};
+    SolveOut r;
+    if constexpr (LIVE) {
+      const LiveKS<float> ks{cb, ldb, s.alpha, s.beta, q.eps};
+      r = solve<float, false, false>(d, ks, cost, static_cast<float*>(nullptr), s, q.eps, q.max_iter, q.tol,
+                              q.mode, cb, static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+    } else {
+      const BufKS<float> ks{kbuf, d.ld};
+      r = solve<float, true, true>(d, ks, cost, kbuf, s, q.eps, q.max_iter, q.tol, q.mode,
+                             q.flows ? q.flows + p * nm : static_cast<float*>(nullptr),
+                             static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+    }
+    if (t == 0) {
+      q.emd[p] = float(r.dist);
+      q.n_iter[p] = r.iters;
+      q.converged[p] = r.conv ? 1 : 0;
+      if (q.fallback) q.fallback[p] = fell_back ? 1 : 0;
     }
     __syncthreads();
   }
-  for (int t = threadIdx.x; t < nm; t += blockDim.x) {
-    const int i = t / m, j = t - i * m;
-    D[i * ld + j] = 1.f - D[i * ld + j] / (xn[i] * yn[j]);
-  }
-  __syncthreads();
-  if (args.weighting == Weighting::SC) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      float acc = 0.f;
-      for (int j = 0; j < m; ++j) acc += D[i * ld + j];
-      wx[i] = fmaxf(0.f, acc);
-    }
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-      float acc = 0.f;
-      for (int i = 0; i < n; ++i) acc += D[i * ld + j];
-      wy[j] = fmaxf(0.f, acc);
-    }
-  } else if (args.weighting == Weighting::Uniform) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) wx[i] = 1.f / float(n);
-    for (int j = threadIdx.x; j < m; j += blockDim.x) wy[j] = 1.f / float(m);
-  } else if (args.weighting == Weighting::External) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) wx[i] = args.wx_in[p * n + i];
-    for (int j = threadIdx.x; j < m; j += blockDim.x) wy[j] = args.wy_in[p * m + j];
-  }
-  float fell = 0.f;
-  if (args.weighting == Weighting::APC || args.weighting == Weighting::SC) {
-    float tx = 0.f, ty = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) tx += wx[i];
-    for (int j = threadIdx.x; j < m; j += blockDim.x) ty += wy[j];
-    tx = block_reduce(tx, s.red, SumOp<float>(), 0.f);
-    ty = block_reduce(ty, s.red, SumOp<float>(), 0.f);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) wx[i] = tx > 0.f ? wx[i] / tx : 1.f / float(n);
-    for (int j = threadIdx.x; j < m; j += blockDim.x) wy[j] = ty > 0.f ? wy[j] / ty : 1.f / float(m);
-    fell = (tx > 0.f && ty > 0.f) ? 0.f : 1.f;
-  }
-  __syncthreads();
-  BlockResult res;
-  float* flows = args.flows ? args.flows + p * nm : nullptr;
-  const float dist = solve_block<float>(BlockGroup(), D, ld, wx, wy, n, m, float(args.eps), args.max_iter, float(args.tol),
-                                        args.mode, s, flows, nullptr, nullptr, res);
-  if (threadIdx.x == 0) {
-    args.emd[p] = dist;
-    args.n_iter[p] = res.iters;
-    args.converged[p] = res.converged ? 1 : 0;
-    if (args.fallback) args.fallback[p] = fell > 0.f ? 1 : 0;
-  }
 }
 
-template <typename In>
-static void launch(const EmdPairsArgs& args, cudaStream_t stream) {
-  const size_t bytes = pairs_smem(args.n, args.m);
-  set_smem(emd_pairs_kernel<In>, bytes, "emd_pairs_kernel");
-  emd_pairs_kernel<In><<<grid_of(args.B * args.k, "emd_pairs_kernel"), kThreads, bytes, stream>>>(args);
-  check_launch("emd_pairs_kernel");
+template <typename Tin>
+void launch(const EmdParams& q, cudaStream_t st) {
+  const size_t limit = max_smem_optin();
+  const unsigned grid = grid_for(q.P);
+  const EmdLayout L = emd_layout(q.n, q.m, false);
+  if (L.bytes <= limit) {
+    allow_smem(emd_pairs_kernel<Tin, false>, L.bytes);
+    emd_pairs_kernel<Tin, false><<<grid, kGemmThreads, L.bytes, st>>>(q);
+    return check_launch("emd_pairs_kernel");
+  }
+  const EmdLayout LL = emd_layout(q.n, q.m, true);
+  if (q.flows && LL.bytes <= limit) {  // cost computed into flows, K recomputed from it
+    allow_smem(emd_pairs_kernel<Tin, true>, LL.bytes);
+    emd_pairs_kernel<Tin, true><<<grid, kGemmThreads, LL.bytes, st>>>(q);
+    return check_launch("emd_pairs_kernel");
+  }
+  throw std::invalid_argument("emd_pairs: n*m too large for the fused CUDA path (needs " +
+                              std::to_string(L.bytes) + " bytes of shared memory, the device allows " +
+                              std::to_string(limit) + "); pass flows or use the unfused path");
 }
+
+}  // namespace
 
 void emd_pairs(const EmdPairsArgs& args, void* stream) {
-  if (args.B == 0 || args.k == 0) return;
-  if (args.mode == SinkhornMode::Official) throw std::invalid_argument("emd_pairs: official mode is not fused");
-  auto st = static_cast<cudaStream_t>(stream);
+  if (args.B <= 0 || args.k <= 0) return;
+  if (args.mode == SinkhornMode::Official)
+    throw std::invalid_argument("emd_pairs: official mode is not fused");
+  if (args.n <= 0 || args.m <= 0) throw std::invalid_argument("emd_pairs: n and m must be >= 1");
+  if (args.C < 0) throw std::invalid_argument("emd_pairs: C must be >= 0");
+  if (args.n * (args.m + 1) >= (int64_t(1) << 31))
+    throw std::invalid_argument("emd_pairs (cuda): n * m too large (>= 2^31 per pair)");
+  if (args.weighting == Weighting::External && (!args.wx_in || !args.wy_in))
+    throw std::invalid_argument("emd_pairs: external weighting needs wx and wy");
+  EmdParams q;
+  q.x = args.x;
+  q.y = args.y;
+  q.idx = args.idx;
+  q.P = args.B * args.k;
+  q.k = args.k;
+  q.n = int(args.n);
+  q.m = int(args.m);
+  q.C = args.C;
+  q.weighting = int(args.weighting);
+  q.mode = int(args.mode);
+  q.max_iter = args.max_iter;
+  q.eps = float(args.eps);
+  q.tol = float(args.tol);
+  q.wx = args.wx_in;
+  q.wy = args.wy_in;
+  q.emd = args.emd;
+  q.flows = args.flows;
+  q.n_iter = args.n_iter;
+  q.converged = args.converged;
+  q.fallback = args.fallback;
+  const auto st = static_cast<cudaStream_t>(stream);
   switch (args.in_dtype) {
-    case DType::F32: return launch<float>(args, st);
-    case DType::F16: return launch<__half>(args, st);
-    case DType::BF16: return launch<__nv_bfloat16>(args, st);
+    case DType::F32: return launch<float>(q, st);
+    case DType::F16: return launch<__half>(q, st);
+    case DType::BF16: return launch<__nv_bfloat16>(q, st);
     default: break;
   }
   throw std::invalid_argument("emd_pairs (cuda): inputs must be float32, float16 or bfloat16");

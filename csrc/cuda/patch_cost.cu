@@ -1,48 +1,72 @@
-// Patch cosine cost on the GPU: one thread per output, dot and both norms in one pass over C
-// (float32 accumulation, float64 for float64 inputs; no tensor cores, so no TF32 rounding).
-#include "common.cuh"
+// Patch cosine cost on the GPU: out (P, n, m) = 1 - <x̂[p / rep]_i, ŷ[p]_j>, one 64 x 64 output
+// tile per block iteration (grid-stride over P * tiles), plain FMA (float32, or float64 for F64).
+#include <cstdint>
+#include <stdexcept>
+
+#include "gemm_tile.cuh"
 #include "launchers.h"
 
 namespace fastface {
 namespace cuda {
 
-template <typename In, typename Acc>
-__global__ void patch_cost_kernel(const In* __restrict__ x, const In* __restrict__ y,
-                                  Acc* __restrict__ out, int64_t P, int64_t rep, int64_t n,
-                                  int64_t m, int64_t C) {
-  const int64_t total = P * n * m;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = t / (n * m), ij = t - p * n * m, i = ij / m, j = ij - i * m;
-    const In* xr = x + ((p / rep) * n + i) * C;  // (C)
-    const In* yr = y + (p * m + j) * C;          // (C)
-    Acc dot = 0, xx = 0, yy = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const Acc xv = to_float(xr[c]), yv = to_float(yr[c]);
-      dot = fma(xv, yv, dot);
-      xx = fma(xv, xv, xx);
-      yy = fma(yv, yv, yy);
+namespace {
+
+template <typename Tin, typename Acc>
+__global__ void __launch_bounds__(kGemmThreads) patch_cost_kernel(const Tin* __restrict__ x,
+                                                                  const Tin* __restrict__ y,
+                                                                  Acc* __restrict__ out, int64_t P,
+                                                                  int64_t rep, int n, int m,
+                                                                  int64_t C, int tn, int tm) {
+  __shared__ GemmSmem<Acc> sm;
+  __shared__ Acc nrm[2 * kTile];  // norms of the tile's X rows, then Y rows
+  const int t = threadIdx.x, tx = t & 7, ty = t >> 3;
+  const int64_t per = int64_t(tn) * tm, tiles = P * per;
+  for (int64_t id = blockIdx.x; id < tiles; id += gridDim.x) {
+    const int64_t p = id / per;
+    const int rem = int(id - p * per), ti = rem / tm, tj = rem - ti * tm;
+    const int i0 = ti * kTile, j0 = tj * kTile;
+    const int nr = min(kTile, n - i0), mr = min(kTile, m - j0);
+    const Tin* X = x + ((p / rep) * n + i0) * C;  // (nr, C)
+    const Tin* Y = y + (p * m + j0) * C;          // (mr, C)
+    Acc acc[4][8], ss, colsq;
+    gemm_tile<Tin, Acc>(X, nr, Y, mr, C, false, sm, acc, ss, colsq);  // begins with a barrier
+    const Acc nv = dsqrt(ss), fl = Acc(kNormFloor);
+    nrm[t] = nv > fl ? nv : fl;
+    __syncthreads();
+    Acc* o = out + (p * n + i0) * m + j0;  // (nr, mr) block of (n, m)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = ty + 16 * r;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const int j = tx + 8 * c;
+        if (i < nr && j < mr) o[int64_t(i) * m + j] = Acc(1) - acc[r][c] / (nrm[i] * nrm[kTile + j]);
+      }
     }
-    const Acc nx = fmax(sqrt(xx), Acc(kNormFloor)), ny = fmax(sqrt(yy), Acc(kNormFloor));
-    out[t] = Acc(1) - dot / (nx * ny);
   }
 }
 
-template <typename In, typename Acc>
-static void launch(const PatchCostArgs& a, cudaStream_t stream) {
-  const int64_t total = a.P * a.n * a.m;
-  const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65535 * 32);
-  patch_cost_kernel<In, Acc><<<unsigned(blocks), 256, 0, stream>>>(
-      static_cast<const In*>(a.x), static_cast<const In*>(a.y), static_cast<Acc*>(a.out), a.P, a.rep,
-      a.n, a.m, a.C);
+template <typename Tin, typename Acc>
+void launch(const PatchCostArgs& a, cudaStream_t st) {
+  const int n = int(a.n), m = int(a.m);
+  const int tn = (n + kTile - 1) / kTile, tm = (m + kTile - 1) / kTile;
+  const unsigned grid = grid_for(a.P * tn * tm);
+  patch_cost_kernel<Tin, Acc><<<grid, kGemmThreads, 0, st>>>(
+      static_cast<const Tin*>(a.x), static_cast<const Tin*>(a.y), static_cast<Acc*>(a.out), a.P,
+      a.rep, n, m, a.C, tn, tm);
   check_launch("patch_cost_kernel");
 }
 
+}  // namespace
+
 void patch_cost(const PatchCostArgs& args, void* stream) {
-  if (args.P == 0 || args.n == 0 || args.m == 0) return;
+  if (args.P <= 0 || args.n <= 0 || args.m <= 0) return;
   if (args.rep <= 0 || args.P % args.rep != 0)
     throw std::invalid_argument("patch_cost: P must be a multiple of rep");
-  auto st = static_cast<cudaStream_t>(stream);
+  if (args.C < 0) throw std::invalid_argument("patch_cost: C must be >= 0");
+  if (args.n >= (int64_t(1) << 30) || args.m >= (int64_t(1) << 30))
+    throw std::invalid_argument("patch_cost (cuda): n or m too large");
+  const auto st = static_cast<cudaStream_t>(stream);
   switch (args.in_dtype) {
     case DType::F32: return launch<float, float>(args, st);
     case DType::F16: return launch<__half, float>(args, st);

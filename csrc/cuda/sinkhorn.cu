@@ -1,161 +1,275 @@
-// Batched Sinkhorn on the GPU: one block per problem, the whole loop on-chip (K in shared memory
-// when it fits, else in the plan buffer that the caller then provides); Official mode: one block
-// per group of coupled problems.
-#include <algorithm>
+// Batched Sinkhorn on the GPU: one block per problem, the whole loop on-chip. K (or Cr) lives in
+// shared memory when it fits, else in the caller's plan buffer, else it is recomputed from the
+// cost each time. Official mode: one block per group of coupled problems.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "launchers.h"
-#include "sinkhorn_block.cuh"
+#include "sinkhorn_core.cuh"
 
 namespace fastface {
 namespace cuda {
 
-// Lays out one problem's scratch at `cursor` (W there too when kSharedW, else in the plan buffer).
-template <typename T, bool kSharedW>
-__device__ BlockScratch<T> carve(T* cursor, T* plan, int n, int m) {
-  BlockScratch<T> s;
-  if (kSharedW) { s.W = cursor; s.ld = m + 1; cursor += int64_t(n) * (m + 1); } else { s.W = plan; s.ld = m; }
-  s.u = cursor; cursor += n;
-  s.v = cursor; cursor += m;
-  s.Kv = cursor; cursor += n;
-  s.alpha = cursor; cursor += n;
-  s.beta = cursor; cursor += m;
-  s.red = cursor;
-  return s;
+namespace {
+
+struct SkParams {
+  const void* cost;  // (P, n, m)
+  const void* a;     // (P, n)
+  const void* b;     // (P, m)
+  int64_t P;
+  int n, m;
+  double eps, tol;
+  int max_iter, mode;
+  int64_t group;     // official mode
+  void* distance;    // (P,)
+  void* plan;        // (P, n, m) or null
+  void* f;           // (P, n) or null
+  void* g;           // (P, m) or null
+  int32_t* n_iter;
+  uint8_t* converged;
+};
+
+enum KStore : int { kSmemK = 0, kPlanK = 1, kLiveK = 2 };
+
+template <typename T>
+size_t sk_smem_bytes(const Dims& d, int store) {
+  size_t bytes = kRedBytes;
+  if (store == kSmemK) bytes += align16(size_t(d.n) * d.ld * sizeof(T));
+  return bytes + core_vec_elems(d) * sizeof(T);
 }
 
-template <typename T, bool kSharedW, typename Group>
-__device__ void solve_problem(const Group& grp, const SinkhornArgs& args, int64_t p, T* cursor) {
-  const int n = int(args.n), m = int(args.m);
+// Threads per block from the problem size (a multiple of 32). n, m <= 64 with more than 1024
+// entries get kRegThreads (K in registers).
+int pick_threads(int64_t n, int64_t m) {
+  const int64_t nm = n * m;
+  if (nm <= 1024) return 32;
+  if (n <= kRegDim && m <= kRegDim) return kRegThreads;
+  if (nm <= 2048) return 64;
+  if (nm <= 8192) return 128;
+  return 256;
+}
+
+// Shared layout: red (32 doubles) | K buffer (n, ld) when STORE == kSmemK | solver vectors.
+// REG: launched with kRegThreads threads for n, m <= kRegDim (K in registers).
+template <typename T, int STORE, bool REG>
+__global__ void __launch_bounds__(REG ? kRegThreads : 256, 4) sinkhorn_kernel(SkParams q) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int n = q.n, m = q.m, tid = threadIdx.x, nt = blockDim.x;
+  const Dims d = make_dims(n, m, STORE == kSmemK ? (m | 1) : m, nt);
+  double* red = reinterpret_cast<double*>(smem);
+  T* kbuf = reinterpret_cast<T*>(smem + kRedBytes);
+  const size_t kbytes = STORE == kSmemK ? align16(size_t(n) * d.ld * sizeof(T)) : 0;
+  Core<T> s = carve_core(reinterpret_cast<T*>(smem + kRedBytes + kbytes), d, red);
   const int64_t nm = int64_t(n) * m;
-  T* plan = args.plan ? static_cast<T*>(args.plan) + p * nm : nullptr;
-  BlockScratch<T> s = carve<T, kSharedW>(cursor, plan, n, m);
-  const T* C = static_cast<const T*>(args.cost) + p * nm;
-  const T* a = static_cast<const T*>(args.a) + p * n;
-  const T* b = static_cast<const T*>(args.b) + p * m;
-  T* f = args.f ? static_cast<T*>(args.f) + p * n : nullptr;
-  T* g = args.g ? static_cast<T*>(args.g) + p * m : nullptr;
-  BlockResult res;
-  const T dist = solve_block<T>(grp, C, m, a, b, n, m, T(args.eps), args.max_iter, T(args.tol), args.mode,
-                                s, plan, f, g, res);
-  if (grp.rank() == 0) {
-    static_cast<T*>(args.distance)[p] = dist;
-    args.n_iter[p] = res.iters;
-    args.converged[p] = res.converged ? 1 : 0;
+  const T eps = T(q.eps), tol = T(q.tol);
+  for (int64_t p = blockIdx.x; p < q.P; p += gridDim.x) {
+    const T* a = static_cast<const T*>(q.a) + p * n;  // (n)
+    const T* b = static_cast<const T*>(q.b) + p * m;  // (m)
+    for (int i = tid; i < n; i += nt) s.wa[i] = a[i];
+    for (int j = tid; j < m; j += nt) s.wb[j] = b[j];
+    __syncthreads();
+    const CostRef<T> cost{static_cast<const T*>(q.cost) + p * nm, m};  // (n, m)
+    T* plan = q.plan ? static_cast<T*>(q.plan) + p * nm : nullptr;
+    T* f = q.f ? static_cast<T*>(q.f) + p * n : nullptr;
+    T* g = q.g ? static_cast<T*>(q.g) + p * m : nullptr;
+    SolveOut r;
+    if constexpr (STORE == kLiveK) {
+      const LiveKS<T> ks{cost.p, m, s.alpha, s.beta, eps};
+      r = solve<T, false, false>(d, ks, cost, static_cast<T*>(nullptr), s, eps, q.max_iter, tol, q.mode,
+                                 plan, f, g);
+    } else {
+      T* buf = STORE == kSmemK ? kbuf : plan;  // kPlanK: plan (ld == m) is the scratch
+      const BufKS<T> ks{buf, d.ld};
+      r = solve<T, true, REG>(d, ks, cost, buf, s, eps, q.max_iter, tol, q.mode, plan, f, g);
+    }
+    if (tid == 0) {
+      static_cast<T*>(q.distance)[p] = T(r.dist);
+      q.n_iter[p] = r.iters;
+      q.converged[p] = r.conv ? 1 : 0;
+    }
+    __syncthreads();
   }
 }
 
-// One block per problem (large problems).
-template <typename T, bool kSharedW>
-__global__ void sinkhorn_kernel(SinkhornArgs args) {
-  extern __shared__ unsigned char smem_raw[];
-  solve_problem<T, kSharedW>(BlockGroup(), args, blockIdx.x, reinterpret_cast<T*>(smem_raw));
-}
-
-// One warp per problem, several problems per block (small problems: no block-wide barriers).
-template <typename T>
-__global__ void sinkhorn_warp_kernel(SinkhornArgs args, int64_t per_problem) {
-  extern __shared__ unsigned char smem_raw[];
-  const int warp = threadIdx.x >> 5;
-  const int64_t p = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;
-  if (p >= args.P) return;  // whole warps leave; warps never wait on each other
-  solve_problem<T, true>(WarpGroup(), args, p, reinterpret_cast<T*>(smem_raw) + warp * per_problem);
-}
-
-// Official DeepFace-EMD loop for one group: K = exp(-C/eps) kept in plan, r in f, c in g (the
-// caller provides all three buffers), mean |r - r_prev| over the group < tol stops the group.
-template <typename T>
-__global__ void official_kernel(SinkhornArgs args) {
-  __shared__ T red[32];
-  const int n = int(args.n), m = int(args.m);
-  const int64_t G = args.group, first = int64_t(blockIdx.x) * G, nm = int64_t(n) * m;
-  const T eps = T(args.eps);
-  T* K = static_cast<T*>(args.plan) + first * nm;
-  T* r = static_cast<T*>(args.f) + first * n;
-  T* c = static_cast<T*>(args.g) + first * m;
-  const T* C = static_cast<const T*>(args.cost) + first * nm;
-  const T* a = static_cast<const T*>(args.a) + first * n;
-  const T* b = static_cast<const T*>(args.b) + first * m;
-  for (int64_t t = threadIdx.x; t < G * nm; t += blockDim.x) K[t] = exp(-C[t] / eps);
-  for (int64_t t = threadIdx.x; t < G * n; t += blockDim.x) r[t] = T(1);
-  for (int64_t t = threadIdx.x; t < G * m; t += blockDim.x) c[t] = T(1);
-  __syncthreads();
-  int iters = 0;
-  bool stopped = false;
-  for (int it = 0; it < args.max_iter && !stopped; ++it) {
-    T delta = 0;
-    for (int64_t q = 0; q < G; ++q) {
-      const T* Kq = K + q * nm;
-      for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        T acc = 0;
-        for (int j = 0; j < m; ++j) acc += Kq[int64_t(i) * m + j] * c[q * m + j];
-        const T rn = a[q * n + i] / acc;
-        delta += fabs(rn - r[q * n + i]);
-        r[q * n + i] = rn;
+// Official DeepFace-EMD loop, one block per group of G problems: K = exp(-C/eps) recomputed from
+// the cost, r = a / (K c), c = b / (K^T r); the group stops when mean |r - r_prev| < tol.
+// r, c of the group live in shared memory (SMEM_RC) or in each problem's plan slot (n*m >= n+m).
+// Shared layout: red | part (pl) | wr (n) | wc (m) | group r, c (G * (n + m)) if SMEM_RC.
+template <typename T, bool SMEM_RC>
+__global__ void __launch_bounds__(256) sinkhorn_official_kernel(SkParams q) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int n = q.n, m = q.m, tid = threadIdx.x, nt = blockDim.x;
+  const Dims d = make_dims(n, m, m, nt);
+  double* red = reinterpret_cast<double*>(smem);
+  T* part = reinterpret_cast<T*>(smem + kRedBytes);
+  T* wr = part + d.pl;
+  T* wc = wr + n;
+  T* rc_smem = wc + m;
+  const int64_t G = q.group, groups = q.P / G, nm = int64_t(n) * m;
+  const T eps = T(q.eps);
+  const T* cost = static_cast<const T*>(q.cost);
+  const T* A = static_cast<const T*>(q.a);
+  const T* B = static_cast<const T*>(q.b);
+  T* plan = static_cast<T*>(q.plan);
+  for (int64_t grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+    const int64_t first = grp * G;
+    auto rvec = [&](int64_t k) -> T* {  // r (n) then c (m) of problem first + k
+      if constexpr (SMEM_RC) return rc_smem + k * (n + m);
+      else return plan + (first + k) * nm;
+    };
+    for (int64_t k = 0; k < G; ++k) {
+      T* r = rvec(k);
+      for (int t = tid; t < n + m; t += nt) r[t] = T(1);
+    }
+    __syncthreads();
+    int iters = 0;
+    bool stopped = false;
+    for (int it = 0; it < q.max_iter; ++it) {
+      double dl = 0;
+      for (int64_t k = 0; k < G; ++k) {
+        const T* C = cost + (first + k) * nm;  // (n, m)
+        const T* a = A + (first + k) * n;
+        const T* b = B + (first + k) * m;
+        T* r = rvec(k);
+        T* c = r + n;
+        row_partials<T, SumOp>(d, [&](int i, int j) { return dexp(-C[i * m + j] / eps) * c[j]; }, part);
+        __syncthreads();
+        for (int i = tid; i < n; i += nt) {
+          const T rn = a[i] / combine<T, SumOp>(part, d.sr, n, i);
+          dl += fabs(double(rn) - double(r[i]));
+          r[i] = rn;
+        }
+        __syncthreads();
+        col_partials<T, SumOp>(d, [&](int i, int j) { return dexp(-C[i * m + j] / eps) * r[i]; }, part);
+        __syncthreads();
+        for (int j = tid; j < m; j += nt) c[j] = b[j] / combine<T, SumOp>(part, d.sc, m, j);
+        __syncthreads();
       }
-      __syncthreads();
-      for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        T acc = 0;
-        for (int i = 0; i < n; ++i) acc += Kq[int64_t(i) * m + j] * r[q * n + i];
-        c[q * m + j] = b[q * m + j] / acc;
+      const double delta = block_sum(dl, red);
+      ++iters;
+      if (delta / double(G * n) < q.tol) {
+        stopped = true;
+        break;
       }
-      __syncthreads();
     }
-    delta = block_reduce(delta, red, SumOp<T>(), T(0));
-    ++iters;
-    stopped = delta / T(G * n) < T(args.tol);
-  }
-  for (int64_t q = 0; q < G; ++q) {
-    T sim = 0;
-    for (int64_t t = threadIdx.x; t < nm; t += blockDim.x) {
-      const int64_t i = t / m, j = t - i * m;
-      const T pl = r[q * n + i] * K[q * nm + t] * c[q * m + j];
-      K[q * nm + t] = pl;  // the plan replaces K
-      sim += pl * (T(1) - C[q * nm + t]);
-    }
-    sim = block_reduce(sim, red, SumOp<T>(), T(0));
-    if (threadIdx.x == 0) {
-      static_cast<T*>(args.distance)[first + q] = T(1) - sim;
-      args.n_iter[first + q] = iters;
-      args.converged[first + q] = stopped ? 1 : 0;
+    for (int64_t k = 0; k < G; ++k) {
+      const T* r = rvec(k);
+      for (int t = tid; t < n + m; t += nt) wr[t] = r[t];  // wr, wc are contiguous
+      __syncthreads();  // the plan slot may hold r, c: copy before overwriting it
+      const T* C = cost + (first + k) * nm;
+      T* pl = plan ? plan + (first + k) * nm : nullptr;
+      double sim = 0;
+      for (int idx = tid; idx < n * m; idx += nt) {
+        const int i = idx / m, j = idx - i * m;
+        const T v = wr[i] * dexp(-C[idx] / eps) * wc[j];
+        sim += double(v) * (1.0 - double(C[idx]));
+        if (pl) pl[idx] = v;
+      }
+      sim = block_sum(sim, red);  // its barriers also protect wr before the next copy
+      if (tid == 0) {
+        static_cast<T*>(q.distance)[first + k] = T(1.0 - sim);
+        q.n_iter[first + k] = iters;
+        q.converged[first + k] = stopped ? 1 : 0;
+      }
     }
   }
 }
 
 template <typename T>
-static void launch(const SinkhornArgs& args, cudaStream_t stream) {
-  if (args.mode == SinkhornMode::Official) {
-    if (!args.plan || !args.f || !args.g)
-      throw std::invalid_argument("sinkhorn (cuda, official): plan, f and g buffers are required");
-    official_kernel<T><<<grid_of(args.P / args.group, "official_kernel"), kThreads, 0, stream>>>(args);
-    return check_launch("official_kernel");
+void launch_official(const SkParams& q, cudaStream_t st) {
+  const int threads = pick_threads(q.n, q.m);
+  const Dims d = make_dims(q.n, q.m, q.m, threads);
+  const size_t base = kRedBytes + (size_t(d.pl) + q.n + q.m) * sizeof(T);
+  const size_t with_rc = base + size_t(q.group) * (q.n + q.m) * sizeof(T);
+  const size_t limit = max_smem_optin();
+  const unsigned grid = grid_for(q.P / q.group);
+  if (with_rc <= limit) {
+    allow_smem(sinkhorn_official_kernel<T, true>, with_rc);
+    sinkhorn_official_kernel<T, true><<<grid, threads, with_rc, st>>>(q);
+    return check_launch("sinkhorn_official_kernel");
   }
-  // Per-problem shared memory, W padded to (n, m + 1); keep it a multiple of 16 bytes.
-  const int64_t per_problem = ((args.n * (args.m + 1) + 3 * args.n + 3 * args.m + 32) * int64_t(sizeof(T)) + 15) / 16 * 16 / int64_t(sizeof(T));
-  const size_t per_bytes = size_t(per_problem) * sizeof(T);
-  const int warps = int(std::min<size_t>(4, kDefaultSmem / per_bytes));
-  if (warps >= 2) {
-    const int64_t blocks = (args.P + warps - 1) / warps;
-    sinkhorn_warp_kernel<T><<<grid_of(blocks, "sinkhorn_warp_kernel"), 32 * warps, per_bytes * warps, stream>>>(args, per_problem);
-    return check_launch("sinkhorn_warp_kernel");
+  if (q.plan && int64_t(q.n) * q.m >= int64_t(q.n) + q.m && base <= limit) {
+    allow_smem(sinkhorn_official_kernel<T, false>, base);
+    sinkhorn_official_kernel<T, false><<<grid, threads, base, st>>>(q);
+    return check_launch("sinkhorn_official_kernel");
   }
-  const size_t vec = vector_smem(args.n, args.m, sizeof(T));
-  const size_t full = vec + size_t(args.n) * (args.m + 1) * sizeof(T);
-  if (full <= kDefaultSmem) {
-    sinkhorn_kernel<T, true><<<grid_of(args.P, "sinkhorn_kernel"), kThreads, full, stream>>>(args);
+  if (base > limit)
+    throw std::invalid_argument("sinkhorn (cuda, official): n + m too large: " + std::to_string(base) +
+                                " bytes of shared memory needed, the device allows " + std::to_string(limit));
+  throw std::invalid_argument("sinkhorn (cuda, official): group * (n + m) = " +
+                              std::to_string(q.group * (q.n + q.m)) +
+                              " scalings do not fit in shared memory; pass a plan buffer (n, m >= 2) "
+                              "or use a smaller group");
+}
+
+template <typename T>
+void launch(const SinkhornArgs& args, cudaStream_t st) {
+  SkParams q;
+  q.cost = args.cost;
+  q.a = args.a;
+  q.b = args.b;
+  q.P = args.P;
+  q.n = int(args.n);
+  q.m = int(args.m);
+  q.eps = args.eps;
+  q.tol = args.tol;
+  q.max_iter = args.max_iter;
+  q.mode = int(args.mode);
+  q.group = args.group;
+  q.distance = args.distance;
+  q.plan = args.plan;
+  q.f = args.f;
+  q.g = args.g;
+  q.n_iter = args.n_iter;
+  q.converged = args.converged;
+  if (args.mode == SinkhornMode::Official) return launch_official<T>(q, st);
+
+  const size_t limit = max_smem_optin();
+  const unsigned grid = grid_for(args.P);
+  int threads = pick_threads(args.n, args.m);
+  Dims d = make_dims(q.n, q.m, q.m | 1, threads);
+  size_t bytes = sk_smem_bytes<T>(d, kSmemK);
+  if (bytes <= limit) {
+    if (std::is_same<T, float>::value && threads == kRegThreads && q.n <= kRegDim && q.m <= kRegDim) {
+      allow_smem(sinkhorn_kernel<T, kSmemK, true>, bytes);
+      sinkhorn_kernel<T, kSmemK, true><<<grid, threads, bytes, st>>>(q);
+    } else {
+      allow_smem(sinkhorn_kernel<T, kSmemK, false>, bytes);
+      sinkhorn_kernel<T, kSmemK, false><<<grid, threads, bytes, st>>>(q);
+    }
     return check_launch("sinkhorn_kernel");
   }
-  if (!args.plan)
-    throw std::invalid_argument("sinkhorn (cuda): n*m too large for shared memory; pass a plan buffer");
-  set_smem(sinkhorn_kernel<T, false>, vec, "sinkhorn_kernel");
-  sinkhorn_kernel<T, false><<<grid_of(args.P, "sinkhorn_kernel"), kThreads, vec, stream>>>(args);
+  // Too large for shared memory: K in the plan buffer, or recomputed from the cost.
+  threads = 256;
+  d = make_dims(q.n, q.m, q.m, threads);
+  bytes = sk_smem_bytes<T>(d, kPlanK);
+  if (bytes > limit)
+    throw std::invalid_argument("sinkhorn (cuda): n + m too large: the solver vectors need " +
+                                std::to_string(bytes) + " bytes of shared memory, the device allows " +
+                                std::to_string(limit));
+  if (args.plan) {
+    allow_smem(sinkhorn_kernel<T, kPlanK, false>, bytes);
+    sinkhorn_kernel<T, kPlanK, false><<<grid, threads, bytes, st>>>(q);
+  } else {
+    allow_smem(sinkhorn_kernel<T, kLiveK, false>, bytes);
+    sinkhorn_kernel<T, kLiveK, false><<<grid, threads, bytes, st>>>(q);
+  }
   check_launch("sinkhorn_kernel");
 }
 
+}  // namespace
+
 void sinkhorn(const SinkhornArgs& args, void* stream) {
-  if (args.P == 0) return;
+  if (args.P <= 0) return;
+  if (args.n <= 0 || args.m <= 0)
+    throw std::invalid_argument("sinkhorn (cuda): n and m must be >= 1");
+  if (args.n * (args.m + 1) >= (int64_t(1) << 31))
+    throw std::invalid_argument("sinkhorn (cuda): n * m too large (>= 2^31 per problem)");
   if (args.mode == SinkhornMode::Official && (args.group <= 0 || args.P % args.group != 0))
     throw std::invalid_argument("sinkhorn: P must be a multiple of group in official mode");
-  auto st = static_cast<cudaStream_t>(stream);
+  const auto st = static_cast<cudaStream_t>(stream);
   if (args.dtype == DType::F32) return launch<float>(args, st);
   if (args.dtype == DType::F64) return launch<double>(args, st);
   throw std::invalid_argument("sinkhorn (cuda): dtype must be float32 or float64");
