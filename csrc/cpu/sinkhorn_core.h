@@ -109,28 +109,27 @@ inline bool kernel_domain(const T* a, const T* b, int64_t n, int64_t m, T eps, i
 
 // Log-sum-exp of z[0..len) with stride; -inf when every term is -inf.
 template <typename T>
-inline T lse_strided(const T* z, int64_t len, int64_t stride, T* scratch) {
+inline T lse_strided(const T* z, int64_t len, int64_t stride) {
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t t = 0; t < len; ++t) mx = std::max(mx, z[t * stride]);
   if (!std::isfinite(mx)) return mx;
   T s = 0;
   for (int64_t t = 0; t < len; ++t) s += std::exp(z[t * stride] - mx);
-  (void)scratch;
   return mx + std::log(s);
 }
 
 template <typename T>
 inline void log_domain(const T* Cr, const T* a, const T* b, int64_t n, int64_t m, T eps,
                        int max_iter, T tol, SinkhornWorkspace<T>& ws, SolveResult& res) {
-  // ws.u / ws.v hold f / g; ws.K holds the scaled matrix Z = (g_j - Cr_ij) / eps etc. as scratch.
+  // ws.u / ws.v hold f / g, ws.row_lse the row log-sum-exps reused by the next f update.
   const T inv_eps = T(1) / eps;
-  T *f = ws.u.data(), *g = ws.v.data(), *R = ws.row_lse.data(), *colz = ws.KTu.data();
+  T *f = ws.u.data(), *g = ws.v.data(), *R = ws.row_lse.data();
   std::vector<T> z(std::max(n, m));
   std::fill(f, f + n, T(0));
   std::fill(g, g + m, T(0));
   auto row_lse = [&](int64_t i) {
     for (int64_t j = 0; j < m; ++j) z[j] = (g[j] - Cr[i * m + j]) * inv_eps;
-    return lse_strided(z.data(), m, 1, colz);
+    return lse_strided(z.data(), m, 1);
   };
   for (int64_t i = 0; i < n; ++i) R[i] = row_lse(i);
   res.n_iter = 0;
@@ -141,7 +140,7 @@ inline void log_domain(const T* Cr, const T* a, const T* b, int64_t n, int64_t m
     for (int64_t j = 0; j < m; ++j) {
       if (!(b[j] > 0)) { g[j] = neg_inf; continue; }
       for (int64_t i = 0; i < n; ++i) z[i] = (f[i] - Cr[i * m + j]) * inv_eps;
-      g[j] = eps * std::log(b[j]) - eps * lse_strided(z.data(), n, 1, colz);
+      g[j] = eps * std::log(b[j]) - eps * lse_strided(z.data(), n, 1);
     }
     for (int64_t i = 0; i < n; ++i) R[i] = row_lse(i);
     ++res.n_iter;

@@ -53,7 +53,7 @@ def fused_ok(impl, mode, dtype, n, m, device=None):
         return False
     if impl == "triton":
         return max(n, m) <= 128
-    if impl == "cuda":  # emd_pairs.cu's pairs_smem: two padded (n, m+1) tiles + staging + vectors
+    if impl == "cuda":  # an upper bound of emd_pairs.cu's shared memory (cost and K tiles + vectors)
         need = (2 * n * (m + 1) + 19 * (n + m) + 2 + 3 * (n + m) + 32) * 4
         return need <= 48 * 1024 or need <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     return True

@@ -9,7 +9,7 @@ from .._checks import check_same_device, check_tensor
 from ..reference import unit_rows
 from .cost import patch_cost
 from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
-from .sinkhorn import sinkhorn
+from .sinkhorn import MODES, sinkhorn
 from .weights import patch_weights, validate_weighting
 
 
@@ -205,7 +205,6 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
 
 
 def _mode(mode):
-    from .sinkhorn import MODES
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
     return MODES[mode]

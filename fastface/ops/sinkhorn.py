@@ -37,13 +37,13 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
         return out
     dt = cost.dtype
     distance = torch.empty(P, dtype=dt, device=cost.device)
-    # CUDA uses the plan buffer as scratch when K does not fit in shared memory, and the
-    # official kernel keeps K / r / c in plan / f / g.
+    # CUDA uses the plan buffer as scratch when K does not fit in shared memory (else it
+    # recomputes K from the cost), and its official kernel keeps r / c there for large groups.
     big = impl == "cuda" and (n * (m + 1) + 3 * (n + m) + 32) * cost.element_size() > 48 * 1024
     need_plan = want_plan or big or (impl == "cuda" and mode == OFFICIAL)
     plan = torch.empty(P, n, m, dtype=dt, device=cost.device) if need_plan else None
     f = g = None
-    if mode != OFFICIAL or impl == "cuda":
+    if mode != OFFICIAL:
         f = torch.empty(P, n, dtype=dt, device=cost.device)
         g = torch.empty(P, m, dtype=dt, device=cost.device)
     n_iter = torch.empty(P, dtype=torch.int32, device=cost.device)
@@ -56,8 +56,6 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
     else:
         with torch.cuda.device(cost.device):  # launches and shared-memory opt-ins on this GPU
             be._C.sinkhorn_cuda(*args, be.stream_of(cost.device))
-    if mode == OFFICIAL:
-        f = g = None
     return dict(distance=distance, plan=plan if want_plan else None, f=f, g=g, n_iter=n_iter,
                 converged=conv.bool())
 
