@@ -25,8 +25,6 @@ def cmd_info(args):
 def cmd_train(args):
     import logging
 
-    import torch
-
     from .train import BackboneConfig, train_backbone
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.model != "backbone":
@@ -36,10 +34,50 @@ def cmd_train(args):
     overrides = {k: v for k, v in (("data", args.data), ("epochs", args.epochs), ("max_steps", args.steps),
                                    ("batch_size", args.batch_size)) if v is not None}
     cfg = BackboneConfig.from_file(args.config, **overrides) if args.config else BackboneConfig(**overrides)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = train_backbone(cfg, args.out, device=device)
+    out = train_backbone(cfg, args.out, device=_device(args.device))
     print(f"trained {out['step']} steps; checkpoint {args.out}/last.pt, log {args.out}/log.jsonl")
     return 0
+
+
+def _device(name):
+    import torch
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_identify(args):
+    from .eval.jobs import run_identify
+    if args.queries and args.leave_one_out:
+        print("fastface identify: give --queries DIR or --leave-one-out, not both", file=sys.stderr)
+        return 2
+    run_identify(args.gallery, args.queries, backbone=args.backbone, occlude=args.occlude, k=args.k,
+                 alpha=args.alpha, weighting=args.weighting, grid=args.grid, eps=args.eps,
+                 max_iter=args.max_iter, device=_device(args.device), batch_size=args.batch_size,
+                 json_out=args.json, flows_dir=args.flows, n_flows=args.n_flows, impl=args.impl,
+                 progress=not args.quiet)
+    return 0
+
+
+def cmd_demo(args):
+    from .eval.jobs import run_demo
+    run_demo(out_dir=args.out, backbone=args.backbone, images=args.images, k=args.k, alpha=args.alpha,
+             weighting=args.weighting, grid=args.grid, device=_device(args.device), progress=not args.quiet)
+    return 0
+
+
+def cmd_eval(args):
+    from .eval.experiments import run_emd_experiments
+    run_emd_experiments(args.out, backbone=args.backbone, images=args.images, n_identities=args.identities,
+                        k=args.k, device=_device(args.device), progress=not args.quiet)
+    return 0
+
+
+def _retrieval_args(p):
+    p.add_argument("--k", type=int, default=100, help="stage-1 candidates re-ranked by EMD (default 100)")
+    p.add_argument("--alpha", type=float, default=0.7, help="distance = alpha*EMD + (1-alpha)*(1-cos)")
+    p.add_argument("--weighting", default="apc", choices=["apc", "uniform", "sc", "cc", "lmk"])
+    p.add_argument("--grid", type=int, default=8, choices=[8, 4], help="patch grid (4 = 8x8 average-pooled)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv=None):
@@ -48,6 +86,40 @@ def main(argv=None):
     p = sub.add_parser("info", help="version, what was built, what is usable now")
     p.add_argument("--json", action="store_true", help="print the backend_info() dict as JSON")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="the main job on the embedded default: SynthFaces, shipped backbone, "
+                                     "ST1 vs ST2 under occlusions, a flow PNG")
+    p.add_argument("--backbone", default="arcface", help="arcface (shipped checkpoint), arcface:CKPT or dlib")
+    p.add_argument("--images", help="an image folder DIR/<identity>/<image> instead of SynthFaces")
+    p.add_argument("--out", default="fastface-demo", help="folder for the flow PNGs and demo.json")
+    _retrieval_args(p)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("identify", help="two-stage identification on image folders: ST1 vs ST2 metrics")
+    p.add_argument("--gallery", required=True, help="gallery image folder DIR/<identity>/<image>")
+    p.add_argument("--queries", help="query image folder (identities matched by folder name)")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="each gallery face queries the rest (the default without --queries)")
+    p.add_argument("--backbone", default="dlib", help="dlib, dlib:LEVEL, arcface (shipped) or arcface:CKPT")
+    p.add_argument("--occlude", default="none", choices=["none", "mask", "sunglasses", "crop"],
+                   help="occlusion applied to the queries")
+    _retrieval_args(p)
+    p.add_argument("--eps", type=float, default=0.05, help="Sinkhorn entropic regularisation")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--impl", default="auto", choices=["auto", "cpu", "cuda", "triton", "torch"])
+    p.add_argument("--json", help="write the metrics and timings to this JSON file")
+    p.add_argument("--flows", help="write flow figures (ST1/ST2 rows + flow reconstructions) here")
+    p.add_argument("--n-flows", type=int, default=8, help="queries to draw with --flows (default 8)")
+    p.set_defaults(func=cmd_identify)
+    p = sub.add_parser("eval", help="experiments: emd-experiments = DeepFace-EMD tables 5.2-5.4")
+    p.add_argument("experiment", choices=["emd-experiments"])
+    p.add_argument("--out", required=True, help="folder for experiments.md, results.json and plots")
+    p.add_argument("--backbone", default="arcface", help="arcface (shipped), arcface:CKPT or dlib")
+    p.add_argument("--images", help="an image folder (leave-one-out) instead of SynthFaces")
+    p.add_argument("--identities", type=int, default=100, help="SynthFaces held-out identities (default 100)")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("train", help="train a model (backbone: ArcFace ResNet on SynthFaces)")
     p.add_argument("model", choices=["backbone", "facevit", "r3an", "gan", "inversion", "d2ae"])
     p.add_argument("--config", help="JSON file of config overrides")

@@ -31,3 +31,15 @@ def test_checkpoint_and_log(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+
+
+def test_train_on_an_image_folder_exports_a_loadable_model(tmp_path):
+    from fastface.backbones import load_encoder
+    from fastface.data import SynthFaces, export_image_folder
+    export_image_folder(SynthFaces(n_identities=5, images_per_identity=4, size=32, seed=2), tmp_path / "faces")
+    cfg = BackboneConfig(**{**TINY, "data": str(tmp_path / "faces"), "epochs": 1, "batch_size": 5})
+    out = train_backbone(cfg, tmp_path / "run", progress=False)
+    assert out["step"] == 4 and out["head"].weight.shape[0] == 5
+    enc = load_encoder(f"arcface:{tmp_path / 'run' / 'model.pt'}")   # the inference-only export
+    x = torch.rand(3, 1, 32, 32)
+    torch.testing.assert_close(enc.encode(x)[0], out["model"].eval()(x)[0])

@@ -45,16 +45,17 @@ class ArcFaceResNet(nn.Module):
     """IR ResNet for 128x128 faces. width=64 is the paper's network (512-channel 8x8 map)."""
 
     def __init__(self, layers=(2, 2, 2, 2), in_channels=1, width=64, embedding_dim=512,
-                 use_se=False, input_size=128, dropout=0.5):
+                 use_se=False, input_size=128, dropout=0.5, stem_pool=True):
         super().__init__()
-        if input_size % 16:
-            raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
+        stride = 16 if stem_pool else 8  # stem_pool=False: 64x64 input -> the same 8x8 map
+        if input_size % stride:
+            raise ValueError(f"input_size must be a multiple of {stride}, got {input_size}")
         chans = [width, 2 * width, 4 * width, 8 * width]
         self.in_channels, self.input_size = in_channels, input_size
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.prelu = nn.PReLU()
-        self.maxpool = nn.MaxPool2d(2, 2)
+        self.maxpool = nn.MaxPool2d(2, 2) if stem_pool else nn.Identity()
         blocks, cin = [], width
         for i, (c, n) in enumerate(zip(chans, layers)):
             stage = [IRBlock(cin, c, stride=1 if i == 0 else 2, use_se=use_se)]
@@ -64,7 +65,7 @@ class ArcFaceResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = blocks
         self.bn4 = nn.BatchNorm2d(chans[-1])
         self.dropout = nn.Dropout(dropout)
-        side = input_size // 16
+        side = input_size // stride
         self.map_size = (side, side)
         self.fc5 = nn.Linear(chans[-1] * side * side, embedding_dim)
         self.bn5 = nn.BatchNorm1d(embedding_dim)
@@ -76,7 +77,7 @@ class ArcFaceResNet(nn.Module):
             raise ValueError(f"x must be (B, {self.in_channels}, {self.input_size}, {self.input_size}), "
                              f"got {tuple(x.shape)}")
         x = self.maxpool(self.prelu(self.bn1(self.conv1(x))))
-        fmap = self.bn4(self.layer4(self.layer3(self.layer2(self.layer1(x)))))  # (B, C, S/16, S/16)
+        fmap = self.bn4(self.layer4(self.layer3(self.layer2(self.layer1(x)))))  # (B, C, S/16, S/16) or S/8
         emb = self.bn5(self.fc5(self.dropout(fmap).flatten(1)))                 # (B, D)
         return emb, fmap
 

@@ -237,6 +237,11 @@ class SynthFaces(torch.utils.data.Dataset):
         out = self.render_batch([index])
         return {k: (int(v[0]) if k == "identity" else v[0]) for k, v in out.items()}
 
+    def __getitems__(self, indices):
+        """Batched fetch for DataLoader: one render_batch call instead of len(indices) renders."""
+        out = self.render_batch(indices)
+        return [{k: (int(v[j]) if k == "identity" else v[j]) for k, v in out.items()} for j in range(len(indices))]
+
     # -----------------------------------------------------------------------------------------
     def _params(self, indices):
         S = self.size

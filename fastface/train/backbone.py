@@ -24,6 +24,7 @@ class BackboneConfig:
     image_size: int = 64
     channels: int = 1
     width: int = 16                   # 64 = the paper's 512x8x8 network
+    stem_pool: bool = True            # False: no stem max-pool (64x64 input -> 8x8 map)
     embedding_dim: int = 128
     epochs: int = 10
     batch_size: int = 64
@@ -55,7 +56,20 @@ def make_dataset(cfg):
         from ..data import SynthFaces
         return SynthFaces(n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity,
                           size=cfg.image_size, channels=cfg.channels, seed=cfg.seed)
-    raise ValueError(f"data must be 'synthfaces' (image folders come with fastface.data), got {cfg.data!r}")
+    from ..data import ImageFolder
+    return ImageFolder(cfg.data, size=cfg.image_size, channels=cfg.channels)
+
+
+def build_model(cfg):
+    """The ArcFace ResNet-18 a config describes (also used to load trained checkpoints)."""
+    return arcface_resnet18(in_channels=cfg.channels, width=cfg.width, embedding_dim=cfg.embedding_dim,
+                            input_size=cfg.image_size, stem_pool=cfg.stem_pool)
+
+
+def export_model(out_path, model, cfg):
+    """Write the inference-only checkpoint (config + backbone weights) that `arcface:CKPT` loads."""
+    save_checkpoint(out_path, {"config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+                               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
 
 def _batches(dataset, cfg, epoch):
@@ -73,8 +87,7 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
     torch.manual_seed(cfg.seed)
     dataset = dataset if dataset is not None else make_dataset(cfg)
     n_classes = dataset.n_identities
-    model = arcface_resnet18(in_channels=cfg.channels, width=cfg.width, embedding_dim=cfg.embedding_dim,
-                             input_size=cfg.image_size).to(device)
+    model = build_model(cfg).to(device)
     head = ArcMarginHead(cfg.embedding_dim, n_classes, s=cfg.s, m=cfg.m).to(device)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=cfg.lr,
                           momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -137,4 +150,6 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
             if step == stop_after:
                 break
     bar.close()
+    if step >= total:
+        export_model(os.path.join(out_dir, "model.pt"), model, cfg)
     return {"model": model, "head": head, "step": step}

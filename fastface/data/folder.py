@@ -1,0 +1,76 @@
+"""Image-folder face data sets: DIR/<identity>/<image>, identities sorted by name."""
+import os
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
+
+
+def scan_image_folder(root, extensions=IMAGE_EXTENSIONS):
+    """Return (paths, labels, identity_names) for root/<identity>/<image>, sorted; raise if empty."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a path, got {type(root).__name__}")
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"image folder {root!r} does not exist or is not a directory")
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    paths, labels, kept = [], [], []
+    for name in names:
+        files = sorted(f for f in os.listdir(os.path.join(root, name)) if f.lower().endswith(extensions))
+        if not files:
+            continue
+        label = len(kept)
+        kept.append(name)
+        paths += [os.path.join(root, name, f) for f in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"image folder {root!r} has no images in the layout DIR/<identity>/<image> "
+                         f"(extensions {', '.join(extensions)})")
+    return paths, labels, kept
+
+
+def read_image(path, size=None, channels=3):
+    """Read an image as a float32 (C, H, W) tensor in [0, 1] (resized to size x size if given)."""
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - pillow ships with the dlib extra and the README set-up
+        raise ImportError("reading image folders needs pillow: pip install pillow") from e
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Aligned face images in DIR/<identity>/<image>; items like SynthFaces': image (C, S, S) in
+    [0, 1] and identity (int), plus path. Identities are numbered in sorted-name order."""
+
+    def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ValueError(f"size must be an int >= 8, got {size!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        self.root, self.size, self.channels = os.fspath(root), size, channels
+        self.paths, labels, self.identity_names = scan_image_folder(root, extensions)
+        self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.n_identities = len(self.identity_names)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for ImageFolder of length {len(self)}")
+        return {"image": read_image(self.paths[index], self.size, self.channels),
+                "identity": int(self.labels[index]), "path": self.paths[index]}
+
+    def load_all(self, indices=None):
+        """Return (images (N, C, S, S), labels (N,)) for the given indices (default all)."""
+        idx = range(len(self)) if indices is None else [int(i) for i in indices]
+        images = torch.stack([read_image(self.paths[i], self.size, self.channels) for i in idx])
+        return images, self.labels[list(idx)]

@@ -1,0 +1,117 @@
+"""DeepFace-EMD's identification protocol: stage 1 (cosine) vs stage 2 (EMD re-rank) on a query set.
+
+Metrics are computed on each query's top-k list, as in the dissertation's tables: stage 1 orders the
+k candidates by cosine, stage 2 re-ranks the same k by alpha*EMD + (1-alpha)*(1-cos); "max
+precision" is the P@1 of a perfect re-ranking of those k (a relevant face among them).
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .metrics import retrieval_metrics
+
+
+def pool_patches(fmap, grid):
+    """Average-pool feature maps (N, C, H, W) to a grid x grid patch map (4x4 = pooled 8x8)."""
+    if fmap.dim() != 4:
+        raise ValueError(f"fmap must be (N, C, H, W), got {tuple(fmap.shape)}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be a positive int, got {grid!r}")
+    h, w = fmap.shape[-2:]
+    if grid == h == w:
+        return fmap
+    if h % grid or w % grid:
+        raise ValueError(f"grid must divide the {h}x{w} feature map, got {grid}")
+    return F.avg_pool2d(fmap, (h // grid, w // grid))
+
+
+def extract_features(encoder, images, batch_size=128, progress=False, desc="extract"):
+    """Run encoder.encode over images (N, C, S, S) in batches; return (embeddings, patch maps)."""
+    embs, maps = [], []
+    for s in tqdm(range(0, images.shape[0], batch_size), disable=not progress, desc=desc):
+        e, m = encoder.encode(images[s:s + batch_size], batch_size=batch_size)
+        embs.append(e)
+        maps.append(m)
+    return torch.cat(embs), torch.cat(maps)
+
+
+def landmarks_to_grid(landmarks68, image_size, grid):
+    """Pixel landmarks (N, 68, 2) of S x S images -> patch-grid units (for weighting='lmk')."""
+    return landmarks68 * (grid / float(image_size))
+
+
+def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=100, alpha=0.7,
+                            weighting="apc", eps=0.05, max_iter=100, exclude_self=False,
+                            batch_size=64, impl="auto", emd_stage1=False, progress=False,
+                            keep_flows=0):
+    """Return a dict with stage-1 and stage-2 metrics and timings.
+
+    query, gallery: fastface.Faces; *_labels: (n,) int identities. exclude_self: leave-one-out
+    (query i is gallery row i). emd_stage1=True ranks the whole gallery by EMD alone (Table 5.3's
+    "EMD at stage 1"; alpha is ignored) instead of re-ranking a cosine top-k. keep_flows=N keeps
+    the flows of the first N queries (result["flows"]).
+    """
+    from ..ops.rerank import emd_rerank, stage1_topk
+    qlab = torch.as_tensor(query_labels).long().cpu()
+    glab = torch.as_tensor(gallery_labels).long().cpu()
+    if qlab.shape != (len(query),) or glab.shape != (len(gallery),):
+        raise ValueError(f"labels must be ({len(query)},) and ({len(gallery)},), got "
+                         f"{tuple(qlab.shape)} and {tuple(glab.shape)}")
+    n_gallery = len(gallery) - (1 if exclude_self else 0)
+    if n_gallery < 1:
+        raise ValueError("the gallery needs at least one face other than the query")
+    k = min(int(k), n_gallery)
+    t0 = time.perf_counter()
+    _, st1 = stage1_topk(query.embeddings, gallery.embeddings, k, exclude_self=exclude_self)
+    t_stage1 = time.perf_counter() - t0
+
+    st2, flows, t_stage2 = [], [], 0.0
+    kk = n_gallery if emd_stage1 else k
+    for s in tqdm(range(0, len(query), batch_size), disable=not progress,
+                  desc="EMD stage 1" if emd_stage1 else "EMD re-rank"):
+        from ..ops.rerank import Faces
+        qb = Faces(query.embeddings[s:s + batch_size], query.patches[s:s + batch_size],
+                   None if query.landmarks is None else query.landmarks[s:s + batch_size], grid=query.grid)
+        want = s < keep_flows
+        t0 = time.perf_counter()
+        if exclude_self:  # leave-one-out inside a batch: shift the self index to this batch's rows
+            res = _rerank_loo(qb, gallery, s, kk, alpha, weighting, eps, max_iter, impl, want, emd_stage1)
+        else:
+            res = emd_rerank(qb, gallery, k=kk, alpha=1.0 if emd_stage1 else alpha, weighting=weighting,
+                             eps=eps, max_iter=max_iter, impl=impl, return_flows=want)
+        t_stage2 += time.perf_counter() - t0
+        st2.append(res.indices[:, :k].cpu())
+        if want:
+            flows.append(res.flows[:keep_flows - s].cpu())
+    st2 = torch.cat(st2)
+    m1 = retrieval_metrics(st1.cpu(), qlab, glab, exclude_self=exclude_self)
+    m2 = retrieval_metrics(st2, qlab, glab, exclude_self=exclude_self)
+    hit = (glab[st1.cpu()] == qlab[:, None]).any(1).float().mean().item()
+    out = {"stage1": m1, "stage2": m2, "max_precision": hit, "k": k,
+           "n_queries": len(query), "n_gallery": len(gallery),
+           "time_stage1_s": t_stage1, "time_stage2_s": t_stage2,
+           "ms_per_query_stage2": 1e3 * t_stage2 / max(1, len(query)),
+           "stage1_indices": st1.cpu(), "stage2_indices": st2}
+    if keep_flows:
+        out["flows"] = torch.cat(flows)
+    return out
+
+
+def _rerank_loo(qb, gallery, start, k, alpha, weighting, eps, max_iter, impl, want, emd_stage1):
+    """Leave-one-out for query rows start.. of the gallery: exclude each query's own gallery row."""
+    from ..ops.rerank import emd_rerank
+    # emd_rerank's exclude_self assumes query i == gallery i; for a batch at offset `start` we mask by
+    # asking for k + 1 candidates and dropping the self index.
+    res = emd_rerank(qb, gallery, k=min(k + 1, len(gallery)), alpha=1.0 if emd_stage1 else alpha,
+                     weighting=weighting, eps=eps, max_iter=max_iter, impl=impl, return_flows=want)
+    self_idx = torch.arange(start, start + len(qb), device=res.indices.device)[:, None]
+    keep = res.indices != self_idx
+    # every row keeps exactly k entries (the self row is dropped, or the last one when absent)
+    keep &= keep.cumsum(1) <= k
+    idx = res.indices[keep].view(len(qb), k)
+    flows = res.flows[keep].view(len(qb), k, *res.flows.shape[2:]) if want else None
+    return type(res)(indices=idx, distance=res.distance[keep].view(len(qb), k), emd=res.emd[keep].view(len(qb), k),
+                     cosine=res.cosine[keep].view(len(qb), k), stage1_indices=res.stage1_indices,
+                     n_iter=res.n_iter, converged=res.converged, flows=flows, n_fallback=res.n_fallback)

@@ -1,0 +1,214 @@
+"""The jobs behind `fastface identify` and `fastface demo`: data -> features -> ST1 vs ST2 -> report."""
+import json
+import os
+import time
+
+import torch
+
+from .identification import evaluate_identification, landmarks_to_grid, pool_patches
+
+
+def make_faces(emb, fmap, landmarks68, image_size, grid):
+    """Faces with patches pooled to grid x grid and landmarks in patch-grid units."""
+    from ..ops.rerank import Faces
+    patches = pool_patches(fmap, grid)
+    lm = None if landmarks68 is None else landmarks_to_grid(landmarks68, image_size, grid).to(emb.device)
+    return Faces(emb, patches, lm)
+
+
+def occlude_queries(images, landmarks68, kind, seed=0):
+    from ..data import occlude
+    if kind in (None, "none"):
+        return images, landmarks68
+    gen = torch.Generator().manual_seed(seed)
+    return occlude(images, landmarks68, kind, generator=gen, return_landmarks=True)
+
+
+def format_report(rows, title):
+    """Markdown table of ST1 vs ST2 rows (dicts from evaluate_identification, plus 'setting')."""
+    lines = [f"### {title}", "",
+             "| setting | ST1 P@1 | ST1 R-Prec | ST1 MAP@R | ST2 P@1 | ST2 R-Prec | ST2 MAP@R | max prec. | "
+             "stage 1 s | stage 2 s |", "|---" * 10 + "|"]
+    for r in rows:
+        a, b = r["stage1"], r["stage2"]
+        lines.append(f"| {r['setting']} | {100 * a['p_at_1']:.2f} | {100 * a['r_precision']:.2f} | "
+                     f"{100 * a['map_at_r']:.2f} | {100 * b['p_at_1']:.2f} | {100 * b['r_precision']:.2f} | "
+                     f"{100 * b['map_at_r']:.2f} | {100 * r['max_precision']:.2f} | {r['time_stage1_s']:.3f} | "
+                     f"{r['time_stage2_s']:.3f} |")
+    return "\n".join(lines)
+
+
+def public(result):
+    """The JSON-able part of an evaluate_identification result."""
+    return {k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}
+
+
+def write_flow_figures(out_dir, result, query_images, gallery_images, query_labels, gallery_labels,
+                       grid, n, prefix="query"):
+    """Write rerank figures (ST1 row, ST2 row, flow reconstructions) for the first n queries."""
+    from ..viz import rerank_figure, save_png
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i in range(min(n, result["flows"].shape[0])):
+        fig = rerank_figure(query_images[i], gallery_images, result["stage1_indices"][i],
+                            result["stage2_indices"][i], result["flows"][i], grid,
+                            query_label=int(query_labels[i]), gallery_labels=gallery_labels)
+        path = os.path.join(out_dir, f"{prefix}_{i:04d}.png")
+        save_png(path, fig)
+        paths.append(path)
+    return paths
+
+
+def pick_fixed_query(result, query_labels, gallery_labels):
+    """Index of a query that stage 2 gets right and stage 1 wrong (else one both get right, else 0)."""
+    g = torch.as_tensor(gallery_labels)
+    q = torch.as_tensor(query_labels)
+    ok1 = g[result["stage1_indices"][:, 0]] == q
+    ok2 = g[result["stage2_indices"][:, 0]] == q
+    for mask in (ok2 & ~ok1, ok2):
+        hits = mask.nonzero().flatten()
+        if len(hits):
+            return int(hits[0])
+    return 0
+
+
+def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, alpha=0.7,
+                 weighting="apc", grid=8, eps=0.05, max_iter=100, device="cpu", batch_size=64,
+                 json_out=None, flows_dir=None, n_flows=8, impl="auto", progress=True, echo=print):
+    """`fastface identify`: image folders (DIR/<identity>/<image>); leave-one-out when queries is None."""
+    from ..backbones import load_encoder
+    from ..data import scan_image_folder
+    enc = load_encoder(backbone, device)
+    g_paths, g_labels, g_names = scan_image_folder(gallery)
+    t0 = time.perf_counter()
+    g = enc.load_images(g_paths, progress=progress)
+    if queries is None:
+        q, q_labels, q_paths, exclude_self = g, list(g_labels), g_paths, True
+    else:
+        q_paths, q_lab, q_names = scan_image_folder(queries)
+        name_to_label = {n: i for i, n in enumerate(g_names)}
+        # identities are matched by folder name; unknown names get fresh labels (no relevant faces)
+        extra = {n: len(g_names) + i for i, n in enumerate(sorted(set(q_names) - set(g_names)))}
+        q_labels = [name_to_label.get(q_names[l], extra.get(q_names[l])) for l in q_lab]
+        q, exclude_self = enc.load_images(q_paths, progress=progress), False
+    g_labels = torch.tensor(g_labels)
+    q_labels = torch.tensor(q_labels)
+    # drop faces the aligner could not find (dlib): they cannot be matched
+    g_ok, q_ok = g["ok"], q["ok"]
+    if exclude_self:
+        keep = g_ok.nonzero().flatten()
+        g = {k_: v[keep] for k_, v in g.items()}
+        q, g_labels = g, g_labels[keep]
+        q_labels, q_paths = g_labels, [g_paths[i] for i in keep.tolist()]
+    else:
+        gk, qk = g_ok.nonzero().flatten(), q_ok.nonzero().flatten()
+        g, g_labels = {k_: v[gk] for k_, v in g.items()}, g_labels[gk]
+        q, q_labels = {k_: v[qk] for k_, v in q.items()}, q_labels[qk]
+        q_paths = [q_paths[i] for i in qk.tolist()]
+    n_dropped = int((~g_ok).sum()) + (0 if exclude_self else int((~q_ok).sum()))
+    t_load = time.perf_counter() - t0
+    q_images, q_lm = occlude_queries(q["images"], q["landmarks68"], occlude)
+    t0 = time.perf_counter()
+    from .identification import extract_features
+    g_emb, g_map = extract_features(enc, g["images"], batch_size, progress, "gallery features")
+    if exclude_self and occlude in (None, "none"):
+        q_emb, q_map = g_emb, g_map
+    else:
+        q_emb, q_map = extract_features(enc, q_images, batch_size, progress, "query features")
+    t_feat = time.perf_counter() - t0
+    gallery_faces = make_faces(g_emb, g_map, g["landmarks68"], enc.image_size, grid)
+    query_faces = make_faces(q_emb, q_map, q_lm, enc.image_size, grid)
+    res = evaluate_identification(query_faces, gallery_faces, q_labels, g_labels, k=k, alpha=alpha,
+                                  weighting=weighting, eps=eps, max_iter=max_iter, exclude_self=exclude_self,
+                                  batch_size=batch_size, impl=impl, progress=progress,
+                                  keep_flows=n_flows if flows_dir else 0)
+    res.update(setting=f"{backbone} occlude={occlude} grid={grid} {weighting} alpha={alpha}",
+               time_load_s=t_load, time_features_s=t_feat, n_unaligned=n_dropped,
+               backbone=backbone, occlude=occlude, grid=grid, weighting=weighting, alpha=alpha)
+    echo(format_report([res], f"fastface identify: {len(q_labels)} queries, {len(g_labels)} gallery faces, "
+                              f"k={res['k']}" + (" (leave-one-out)" if exclude_self else "")))
+    echo(f"\nload {t_load:.2f} s, features {t_feat:.2f} s, stage 1 {res['time_stage1_s']:.3f} s, "
+         f"stage 2 {res['time_stage2_s']:.3f} s ({res['ms_per_query_stage2']:.2f} ms/query)"
+         + (f"; {n_dropped} images without a detected face skipped" if n_dropped else ""))
+    if flows_dir:
+        paths = write_flow_figures(flows_dir, res, q_images, g["images"], q_labels, g_labels, grid, n_flows)
+        echo(f"flow figures: {len(paths)} PNGs in {flows_dir}")
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump(public(res), fh, indent=2)
+        echo(f"wrote {json_out}")
+    return res
+
+
+def synthfaces_split(n_identities=100, gallery_per_identity=10, queries_per_identity=2, size=64, channels=3,
+                     seed=1):
+    """A held-out SynthFaces identification split: unseen identities (seed != the training seed).
+
+    Returns dict(gallery=(images, landmarks68, labels), queries=(images, landmarks68, labels))."""
+    from ..data import SynthFaces
+    per = gallery_per_identity + queries_per_identity
+    ds = SynthFaces(n_identities=n_identities, images_per_identity=per, size=size, channels=channels, seed=seed)
+    g_idx = [i * per + j for i in range(n_identities) for j in range(gallery_per_identity)]
+    q_idx = [i * per + j for i in range(n_identities) for j in range(gallery_per_identity, per)]
+    g, q = ds.render_batch(g_idx), ds.render_batch(q_idx)
+    return {"gallery": (g["image"], g["landmarks68"], g["identity"].long()),
+            "queries": (q["image"], q["landmarks68"], q["identity"].long())}
+
+
+def run_demo(out_dir="fastface-demo", backbone="arcface", images=None, occlusions=("none", "mask", "sunglasses", "crop"),
+             k=100, alpha=0.7, weighting="apc", grid=8, device="cpu", n_identities=100, progress=True, echo=print):
+    """`fastface demo`: SynthFaces gallery + occluded queries (or an image folder with --images),
+    features from the shipped checkpoint (or dlib), ST1 vs ST2 per occlusion, a flow PNG."""
+    from ..backbones import load_encoder
+    t_start = time.perf_counter()
+    enc = load_encoder(backbone, device)
+    os.makedirs(out_dir, exist_ok=True)
+    if images is not None:  # a real image folder: leave-one-out over it, per occlusion
+        rows = []
+        for occ in occlusions:
+            rows.append(run_identify(images, None, backbone=backbone, occlude=occ, k=k, alpha=alpha,
+                                     weighting=weighting, grid=min(grid, enc.grid), device=device,
+                                     flows_dir=os.path.join(out_dir, f"flows_{occ}"), n_flows=2,
+                                     progress=progress, echo=lambda *_: None))
+            rows[-1]["setting"] = f"occlusion: {occ}"
+        echo(format_report(rows, f"fastface demo on {images} ({backbone}, leave-one-out)"))
+        _save_json(os.path.join(out_dir, "demo.json"), rows)
+        echo(f"\ntotal {time.perf_counter() - t_start:.1f} s; figures and demo.json in {out_dir}")
+        return rows
+    split = synthfaces_split(n_identities=n_identities, size=enc.image_size, channels=enc.channels)
+    g_img, g_lm, g_lab = split["gallery"]
+    q_img0, q_lm0, q_lab = split["queries"]
+    echo(f"SynthFaces held-out split (seed 1, identities unseen in training): {len(g_lab)} gallery faces, "
+         f"{len(q_lab)} queries per occlusion; backbone {backbone}; grid {grid}x{grid}, {weighting}, "
+         f"alpha {alpha}, k {k}")
+    from .identification import extract_features
+    t0 = time.perf_counter()
+    g_emb, g_map = extract_features(enc, g_img, progress=progress, desc="gallery features")
+    echo(f"gallery features: {time.perf_counter() - t0:.2f} s")
+    gallery = make_faces(g_emb, g_map, g_lm, enc.image_size, grid)
+    rows, figures = [], []
+    for occ in occlusions:
+        q_img, q_lm = occlude_queries(q_img0, q_lm0, occ)
+        q_emb, q_map = extract_features(enc, q_img, progress=False)
+        res = evaluate_identification(make_faces(q_emb, q_map, q_lm, enc.image_size, grid), gallery, q_lab, g_lab,
+                                      k=k, alpha=alpha, weighting=weighting, progress=progress,
+                                      keep_flows=len(q_lab))
+        res["setting"] = f"occlusion: {occ}"
+        i = pick_fixed_query(res, q_lab, g_lab)
+        from ..viz import rerank_figure, save_png
+        fig = rerank_figure(q_img[i], g_img, res["stage1_indices"][i], res["stage2_indices"][i], res["flows"][i],
+                            grid, query_label=int(q_lab[i]), gallery_labels=g_lab, scale=2)
+        path = os.path.join(out_dir, f"flow_{occ}.png")
+        save_png(path, fig)
+        figures.append(path)
+        del res["flows"]
+        rows.append(res)
+    echo(format_report(rows, "ST1 (cosine) vs ST2 (EMD re-rank), %"))
+    _save_json(os.path.join(out_dir, "demo.json"), rows)
+    echo(f"\nflow figures: {', '.join(figures)}\ntotal {time.perf_counter() - t_start:.1f} s")
+    return rows
+
+
+def _save_json(path, rows):
+    with open(path, "w") as fh:
+        json.dump([public(r) for r in rows], fh, indent=2)

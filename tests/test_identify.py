@@ -1,0 +1,176 @@
+"""The identification protocol, image folders, encoders, `fastface identify`, `demo` and the experiments."""
+import json
+import os
+
+import pytest
+import torch
+
+import fastface as ff
+from fastface.backbones import ArcFaceEncoder, arcface_resnet18, load_encoder
+from fastface.cli import main
+from fastface.data import ImageFolder, SynthFaces, export_image_folder, scan_image_folder
+from fastface.eval import retrieval_metrics
+from fastface.eval.identification import evaluate_identification, pool_patches
+from fastface.train.backbone import BackboneConfig, build_model, export_model
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    cfg = BackboneConfig(image_size=64, channels=3, width=8, stem_pool=False, embedding_dim=32)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # non-trivial BN statistics so eval mode is not the identity
+        model.train()(torch.rand(8, 3, 64, 64))
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    export_model(str(path), model, cfg)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    export_image_folder(SynthFaces(n_identities=6, images_per_identity=3, size=64, seed=3), str(root))
+    return str(root)
+
+
+def random_faces(n, d=16, c=8, side=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ff.Faces(torch.randn(n, d, generator=g), torch.randn(n, c, side, side, generator=g))
+
+
+def test_stem_pool_off_gives_8x8_map_at_64px():
+    emb, fmap = arcface_resnet18(in_channels=3, width=8, input_size=64, stem_pool=False).eval()(torch.rand(2, 3, 64, 64))
+    assert fmap.shape == (2, 64, 8, 8) and emb.shape == (2, 512)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        arcface_resnet18(input_size=72)
+
+
+def test_pool_patches_is_block_mean():
+    x = torch.randn(3, 5, 8, 8)
+    p = pool_patches(x, 4)
+    assert p.shape == (3, 5, 4, 4)
+    torch.testing.assert_close(p[:, :, 1, 2], x[:, :, 2:4, 4:6].mean((2, 3)))
+    assert pool_patches(x, 8) is x
+    with pytest.raises(ValueError, match="grid must divide"):
+        pool_patches(x, 3)
+
+
+def test_stage1_is_cosine_order_and_alpha0_keeps_it():
+    q, g = random_faces(7, seed=1), random_faces(23, seed=2)
+    ql, gl = torch.arange(7) % 3, torch.arange(23) % 3
+    res = evaluate_identification(q, g, ql, gl, k=9, alpha=0.0)
+    cos = torch.nn.functional.normalize(q.embeddings, dim=1) @ torch.nn.functional.normalize(g.embeddings, dim=1).T
+    torch.testing.assert_close(res["stage1_indices"], cos.argsort(1, descending=True)[:, :9])
+    torch.testing.assert_close(res["stage2_indices"], res["stage1_indices"])
+    assert res["stage1"] == retrieval_metrics(res["stage1_indices"], ql, gl)
+    hit = (gl[res["stage1_indices"]] == ql[:, None]).any(1).float().mean().item()
+    assert res["max_precision"] == pytest.approx(hit)
+
+
+def test_leave_one_out_in_batches_equals_whole():
+    faces = random_faces(13, seed=4)
+    labels = torch.arange(13) % 4
+    res = evaluate_identification(faces, faces, labels, labels, k=6, exclude_self=True, batch_size=4, keep_flows=5)
+    whole = ff.emd_rerank(faces, faces, k=6, exclude_self=True, return_flows=True)
+    torch.testing.assert_close(res["stage2_indices"], whole.indices)
+    torch.testing.assert_close(res["flows"], whole.flows[:5])
+    assert not (res["stage2_indices"] == torch.arange(13)[:, None]).any()
+
+
+def test_emd_at_stage1_ranks_the_whole_gallery_by_emd():
+    q, g = random_faces(3, seed=5), random_faces(11, seed=6)
+    res = evaluate_identification(q, g, torch.zeros(3), torch.zeros(11), k=4, emd_stage1=True)
+    d = ff.emd(q.patches[:, None].expand(-1, 11, -1, -1), g.patches[None].expand(3, -1, -1, -1), weighting="apc")
+    torch.testing.assert_close(res["stage2_indices"], d.argsort(1)[:, :4])
+
+
+def test_evaluate_identification_bad_labels():
+    q, g = random_faces(3), random_faces(5)
+    with pytest.raises(ValueError, match="labels"):
+        evaluate_identification(q, g, torch.zeros(4), torch.zeros(5))
+
+
+def test_image_folder(folder, tmp_path):
+    ds = ImageFolder(folder, size=32, channels=1)
+    assert len(ds) == 18 and ds.n_identities == 6 and ds.identity_names == sorted(ds.identity_names)
+    item = ds[4]
+    assert item["image"].shape == (1, 32, 32) and item["identity"] == 1
+    assert 0 <= float(item["image"].min()) and float(item["image"].max()) <= 1
+    with pytest.raises(ValueError, match="does not exist"):
+        ImageFolder(tmp_path / "missing")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        scan_image_folder(tmp_path / "empty")
+    with pytest.raises(ValueError, match="channels"):
+        ImageFolder(folder, channels=2)
+
+
+def test_encoders(tiny_ckpt, tmp_path):
+    enc = load_encoder(f"arcface:{tiny_ckpt}")
+    assert isinstance(enc, ArcFaceEncoder) and enc.grid == 8 and enc.image_size == 64
+    emb, fmap = enc.encode(torch.rand(5, 1, 48, 48), batch_size=2)   # grey and resized on the way in
+    assert emb.shape == (5, 32) and fmap.shape == (5, 64, 8, 8)
+    emb2, _ = enc.encode(torch.rand(5, 1, 48, 48)[:3])
+    assert torch.isfinite(emb2).all()
+    with pytest.raises(ValueError, match="backbone must be"):
+        load_encoder("resnet")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_encoder(f"arcface:{tmp_path / 'nope.pt'}")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a fastface backbone checkpoint"):
+        load_encoder(f"arcface:{tmp_path / 'bad.pt'}")
+
+
+def test_identify_cli_leave_one_out(tiny_ckpt, folder, tmp_path, capsys):
+    out, flows = tmp_path / "r.json", tmp_path / "flows"
+    assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{tiny_ckpt}", "--occlude", "mask",
+                 "--k", "5", "--grid", "4", "--json", str(out), "--flows", str(flows), "--n-flows", "2",
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "ST1 P@1" in text and "leave-one-out" in text
+    res = json.loads(out.read_text())
+    assert res["n_queries"] == 18 and res["k"] == 5 and res["grid"] == 4 and res["occlude"] == "mask"
+    for stage in ("stage1", "stage2"):
+        assert 0 <= res[stage]["p_at_1"] <= 1 and res[stage]["n_queries"] == 18
+    assert sorted(os.listdir(flows)) == ["query_0000.png", "query_0001.png"]
+
+
+def test_identify_cli_queries_folder(tiny_ckpt, folder, tmp_path):
+    import shutil
+    qroot = tmp_path / "q"
+    for name in ("3", "4", "5"):   # copies of gallery images: found first only if names are matched
+        (qroot / name).mkdir(parents=True)
+        first = sorted(os.listdir(os.path.join(folder, name)))[0]
+        shutil.copy(os.path.join(folder, name, first), qroot / name / first)
+    out = tmp_path / "r.json"
+    assert main(["identify", "--gallery", folder, "--queries", str(qroot), "--backbone", f"arcface:{tiny_ckpt}",
+                 "--k", "4", "--weighting", "uniform", "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_queries"] == 3 and res["stage1"]["p_at_1"] == 1.0
+    assert main(["identify", "--gallery", folder, "--queries", str(qroot), "--leave-one-out"]) == 2
+
+
+def test_demo_runs_with_the_shipped_checkpoint(tmp_path, capsys):
+    from fastface.eval.jobs import run_demo
+    rows = run_demo(out_dir=str(tmp_path), n_identities=8, k=20, progress=False)
+    assert [r["setting"] for r in rows] == [f"occlusion: {o}" for o in ("none", "mask", "sunglasses", "crop")]
+    assert all(os.path.getsize(tmp_path / f"flow_{o}.png") > 1000 for o in ("none", "mask", "sunglasses", "crop"))
+    assert len(json.loads((tmp_path / "demo.json").read_text())) == 4
+    assert "ST2 P@1" in capsys.readouterr().out
+    # the shipped backbone learned identity: clean held-out queries are far above chance (1/8)
+    assert rows[0]["stage1"]["p_at_1"] > 0.5
+
+
+def test_experiments_tables(tiny_ckpt, tmp_path):
+    from fastface.eval.experiments import run_emd_experiments
+    res = run_emd_experiments(str(tmp_path), backbone=f"arcface:{tiny_ckpt}", n_identities=5, k=8,
+                              progress=False, echo=lambda *_: None)
+    # CC is skipped: 32-d embeddings vs 64-channel patches
+    assert len(res["table_5_2"]) == 2 * 2 * 4 and len(res["alpha_sweep"]) == 4 * 5
+    assert len(res["table_5_3"]) == 6 and len(res["table_5_4"]) == 4
+    md = (tmp_path / "experiments.md").read_text()
+    for title in ("Table 5.2", "alpha sweep", "Table 5.3", "Table 5.4"):
+        assert title in md
+    # alpha = 0 re-ranks by cosine alone: stage 2 equals stage 1
+    a0 = [r for r in res["alpha_sweep"] if r["alpha"] == 0.0]
+    assert all(r["stage1"] == r["stage2"] for r in a0)
