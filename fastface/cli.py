@@ -27,6 +27,8 @@ def cmd_train(args):
 
     from .train import BackboneConfig, train_backbone
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.model == "r3an":
+        return _train_r3an(args)
     if args.model != "backbone":
         print(f"fastface train {args.model}: not implemented yet (see the issues); available: backbone",
               file=sys.stderr)
@@ -36,6 +38,25 @@ def cmd_train(args):
     cfg = BackboneConfig.from_file(args.config, **overrides) if args.config else BackboneConfig(**overrides)
     out = train_backbone(cfg, args.out, device=_device(args.device))
     print(f"trained {out['step']} steps; checkpoint {args.out}/last.pt, log {args.out}/log.jsonl")
+    return 0
+
+
+def _train_r3an(args):
+    from .train.r3an import R3ANConfig, train_r3an
+    overrides = {k: v for k, v in (("data", args.data), ("epochs", args.epochs), ("max_steps", args.steps),
+                                   ("batch_size", args.batch_size), ("source", args.source),
+                                   ("target", args.target)) if v is not None}
+    cfg = R3ANConfig.from_file(args.config, **overrides) if args.config else R3ANConfig(**overrides)
+    out = train_r3an(cfg, args.out, device=_device(args.device))
+    print(f"trained {out['step']} steps; checkpoint {args.out}/last.pt, log {args.out}/log.jsonl")
+    return 0
+
+
+def cmd_transform(args):
+    from .train.r3an import transform_file
+    n = transform_file(args.model, args.features, args.out, chunk=args.chunk, batch_size=args.batch_size,
+                       device=_device(args.device), progress=not args.quiet)
+    print(f"transformed {n} features -> {args.out}")
     return 0
 
 
@@ -122,14 +143,26 @@ def main(argv=None):
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("train", help="train a model (backbone: ArcFace ResNet on SynthFaces)")
     p.add_argument("model", choices=["backbone", "facevit", "r3an", "gan", "inversion", "d2ae"])
-    p.add_argument("--config", help="JSON file of config overrides")
+    p.add_argument("--config", help="JSON file of config overrides (r3an: or a packaged name, e.g. arch3, fc)")
     p.add_argument("--data", help="synthfaces (default) or an image folder")
     p.add_argument("--out", required=True, help="output folder (checkpoint last.pt, log.jsonl); resumes")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="stop after this many steps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device")
+    p.add_argument("--source", help="r3an: source feature model (arcface:CKPT, a backbone checkpoint, dlib)")
+    p.add_argument("--target", help="r3an: target feature model (same forms)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("transform", help="R³AN: map source-model features to the target model's space "
+                                         "(streams .npy files of any size)")
+    p.add_argument("--model", required=True, help="a `fastface train r3an` checkpoint (model.pt or last.pt)")
+    p.add_argument("--features", required=True, help="input .npy (N, source_dim), memory-mapped")
+    p.add_argument("--out", required=True, help="output .npy (N, target_dim) float32")
+    p.add_argument("--chunk", type=int, default=65536, help="rows read per chunk (bounds memory)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_transform)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -5,3 +5,8 @@ from .encoders import ArcFaceEncoder, canonical_landmarks68, load_encoder
 
 __all__ = ["ArcFaceResNet", "ArcMarginHead", "arcface_resnet18", "DlibResNet", "read_dlib_layers", "ArcFaceEncoder",
            "load_encoder", "canonical_landmarks68"]
+from .mobilenetv2 import InvertedResidual, MobileNetV2Face, mobilenetv2_face  # noqa: E402
+from .resnet import BottleneckResNet, resnet50_face, resnet101_face  # noqa: E402
+
+__all__ += ["InvertedResidual", "MobileNetV2Face", "mobilenetv2_face", "BottleneckResNet", "resnet50_face",
+            "resnet101_face"]

@@ -1,4 +1,5 @@
-"""`fastface train backbone`: ArcFace ResNet + ArcFace margin head on SynthFaces or an image folder."""
+"""`fastface train backbone`: a face backbone (ArcFace IR ResNet-18, MobileNetV2, ResNet-50) + ArcFace
+margin head on SynthFaces or an image folder."""
 import json
 import logging
 import os
@@ -8,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..backbones import ArcMarginHead, arcface_resnet18
+from ..backbones import ArcMarginHead, arcface_resnet18, mobilenetv2_face, resnet50_face
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger("fastface.train")
@@ -19,12 +20,15 @@ class BackboneConfig:
     """Base config; the paper trains ArcFace with SGD, momentum 0.9, lr 0.1 divided by 10 at
     fixed fractions of training (scaled here to the data by `milestones`)."""
     data: str = "synthfaces"          # "synthfaces" or an image-folder path
+    arch: str = "arcface_resnet18"    # or "mobilenetv2", "resnet50" (R³AN's prior models)
+    expansion: float = 6              # mobilenetv2: bottleneck expansion T (Mb-6, Mb-10, Mb-16)
+    width_mult: float = 1.0           # mobilenetv2: channel multiplier
     n_identities: int = 200
     images_per_identity: int = 20
     image_size: int = 64
     channels: int = 1
-    width: int = 16                   # 64 = the paper's 512x8x8 network
-    stem_pool: bool = True            # False: no stem max-pool (64x64 input -> 8x8 map)
+    width: int = 16                   # arcface: 64 = the paper's 512x8x8 network; resnet50: base width
+    stem_pool: bool = True            # False: no stem down-sampling (64x64 input -> 8x8 map for arcface)
     embedding_dim: int = 128
     epochs: int = 10
     batch_size: int = 64
@@ -60,10 +64,22 @@ def make_dataset(cfg):
     return ImageFolder(cfg.data, size=cfg.image_size, channels=cfg.channels)
 
 
+ARCHS = ("arcface_resnet18", "mobilenetv2", "resnet50")
+
+
 def build_model(cfg):
-    """The ArcFace ResNet-18 a config describes (also used to load trained checkpoints)."""
-    return arcface_resnet18(in_channels=cfg.channels, width=cfg.width, embedding_dim=cfg.embedding_dim,
-                            input_size=cfg.image_size, stem_pool=cfg.stem_pool)
+    """The backbone a config describes (also used to load trained checkpoints); forward(x) -> (emb, map)."""
+    if cfg.arch == "arcface_resnet18":
+        return arcface_resnet18(in_channels=cfg.channels, width=cfg.width, embedding_dim=cfg.embedding_dim,
+                                input_size=cfg.image_size, stem_pool=cfg.stem_pool)
+    stem_stride = 2 if cfg.stem_pool else 1
+    if cfg.arch == "mobilenetv2":
+        return mobilenetv2_face(expansion=cfg.expansion, in_channels=cfg.channels, width_mult=cfg.width_mult,
+                                embedding_dim=cfg.embedding_dim, input_size=cfg.image_size, stem_stride=stem_stride)
+    if cfg.arch == "resnet50":
+        return resnet50_face(in_channels=cfg.channels, width=cfg.width, embedding_dim=cfg.embedding_dim,
+                             input_size=cfg.image_size, stem_stride=stem_stride)
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
 
 
 def export_model(out_path, model, cfg):

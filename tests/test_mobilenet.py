@@ -1,0 +1,37 @@
+"""Prior-model backbones: MobileNetV2 (expansion T) and the bottleneck ResNet-50, through build_model."""
+import pytest
+import torch
+
+from fastface.backbones import MobileNetV2Face, resnet50_face
+from fastface.train.backbone import BackboneConfig, build_model
+
+
+@pytest.mark.parametrize("stem_stride,side", [(2, 4), (1, 8)])
+def test_mobilenetv2_shapes_and_expansion(stem_stride, side):
+    m6 = MobileNetV2Face(expansion=6, width_mult=0.25, input_size=128, stem_stride=stem_stride).eval()
+    emb, fmap = m6(torch.rand(2, 3, 128, 128))
+    assert emb.shape == (2, 256) and fmap.shape[2:] == (side, side) and m6.map_size == (side, side)
+    m16 = MobileNetV2Face(expansion=16, width_mult=0.25, input_size=128, stem_stride=stem_stride)
+    # the second block (expansion T) widens 8 channels to 8 * T
+    assert m6.blocks[1].block[0][0].out_channels == 48 and m16.blocks[1].block[0][0].out_channels == 128
+    assert sum(p.numel() for p in m16.parameters()) > sum(p.numel() for p in m6.parameters())
+
+
+def test_resnet50_shapes():
+    m = resnet50_face(width=8, input_size=64, stem_stride=1, in_channels=1).eval()
+    emb, fmap = m(torch.rand(2, 1, 64, 64))
+    assert emb.shape == (2, 256) and fmap.shape == (2, 256, 8, 8)
+    assert sum(len(s) for s in m.stages) == 16  # 3 + 4 + 6 + 3 bottlenecks
+
+
+def test_build_model_archs_and_bad_input():
+    for arch in ("arcface_resnet18", "mobilenetv2", "resnet50"):
+        cfg = BackboneConfig(arch=arch, image_size=32, stem_pool=False, width=8, width_mult=0.25, embedding_dim=16)
+        emb, _ = build_model(cfg).eval()(torch.rand(1, 1, 32, 32))
+        assert emb.shape == (1, 16)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        build_model(BackboneConfig(arch="vgg"))
+    with pytest.raises(ValueError, match="expansion must be"):
+        MobileNetV2Face(expansion=0)
+    with pytest.raises(ValueError, match="x must be"):
+        MobileNetV2Face(input_size=64)(torch.rand(1, 3, 32, 32))
