@@ -190,18 +190,20 @@ def run_demo(out_dir="fastface-demo", backbone="arcface", images=None, occlusion
     for occ in occlusions:
         q_img, q_lm = occlude_queries(q_img0, q_lm0, occ)
         q_emb, q_map = extract_features(enc, q_img, progress=False)
-        res = evaluate_identification(make_faces(q_emb, q_map, q_lm, enc.image_size, grid), gallery, q_lab, g_lab,
-                                      k=k, alpha=alpha, weighting=weighting, progress=progress,
-                                      keep_flows=len(q_lab))
+        query = make_faces(q_emb, q_map, q_lm, enc.image_size, grid)
+        res = evaluate_identification(query, gallery, q_lab, g_lab, k=k, alpha=alpha, weighting=weighting,
+                                      progress=progress)
         res["setting"] = f"occlusion: {occ}"
-        i = pick_fixed_query(res, q_lab, g_lab)
+        i = pick_fixed_query(res, q_lab, g_lab)   # flows of that one query only (B x k x n x m is large)
+        from ..ops.rerank import Faces, emd_rerank
+        one = emd_rerank(Faces(query.embeddings[i:i + 1], query.patches[i:i + 1], query.landmarks[i:i + 1]),
+                         gallery, k=res["k"], alpha=alpha, weighting=weighting, return_flows=True)
         from ..viz import rerank_figure, save_png
-        fig = rerank_figure(q_img[i], g_img, res["stage1_indices"][i], res["stage2_indices"][i], res["flows"][i],
+        fig = rerank_figure(q_img[i], g_img, res["stage1_indices"][i], one.indices[0], one.flows[0],
                             grid, query_label=int(q_lab[i]), gallery_labels=g_lab, scale=2)
         path = os.path.join(out_dir, f"flow_{occ}.png")
         save_png(path, fig)
         figures.append(path)
-        del res["flows"]
         rows.append(res)
     echo(format_report(rows, "ST1 (cosine) vs ST2 (EMD re-rank), %"))
     _save_json(os.path.join(out_dir, "demo.json"), rows)
