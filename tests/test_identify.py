@@ -162,9 +162,11 @@ def test_demo_runs_with_the_shipped_checkpoint(tmp_path, capsys):
 
 
 def test_experiments_tables(tiny_ckpt, tmp_path):
-    from fastface.eval.experiments import run_emd_experiments
+    from fastface.eval.experiments import OCCLUSIONS, run_emd_experiments
     res = run_emd_experiments(str(tmp_path), backbone=f"arcface:{tiny_ckpt}", n_identities=5, k=8,
-                              progress=False, echo=lambda *_: None)
+                              progress=False, check_identities=6, echo=lambda *_: None)
+    assert [r["occlusion"] for r in res["synthfaces_check"]] == ["none", "none"] + list(OCCLUSIONS)
+    assert all(0 <= r["accuracy"] <= 1 for r in res["synthfaces_check"])
     # CC is skipped: 32-d embeddings vs 64-channel patches
     assert len(res["table_5_2"]) == 2 * 2 * 4 and len(res["alpha_sweep"]) == 4 * 5
     assert len(res["table_5_3"]) == 6 and len(res["table_5_4"]) == 4
