@@ -124,7 +124,7 @@ def test_encoders(tiny_ckpt, tmp_path):
 def test_identify_cli_leave_one_out(tiny_ckpt, folder, tmp_path, capsys):
     out, flows = tmp_path / "r.json", tmp_path / "flows"
     assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{tiny_ckpt}", "--occlude", "mask",
-                 "--k", "5", "--grid", "4", "--json", str(out), "--flows", str(flows), "--n-flows", "2",
+                 "--k", "5", "--grid", "4", "--weighting", "lmk", "--json", str(out), "--flows", str(flows), "--n-flows", "2",
                  "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "ST1 P@1" in text and "leave-one-out" in text

@@ -47,7 +47,7 @@ class ArcFaceEncoder:
         self.model.load_state_dict(state["model"])
         self.device = torch.device(device)
         self.model.to(self.device).eval()
-        self.name = f"arcface:{checkpoint}"
+        self.name = "arcface" if os.path.abspath(checkpoint) == DEMO_CHECKPOINT else f"arcface:{checkpoint}"
         self.image_size, self.channels = self.config.image_size, self.config.channels
         self.grid = self.model.map_size[0]
 

@@ -43,15 +43,30 @@ def public(result):
     return {k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}
 
 
+def pair_weights(query, i, gallery, indices, weighting):
+    """Patch weights of query i against gallery rows `indices` (k,): (wq (k, n), wg (k, m)), as EMD used them."""
+    from ..ops.weights import patch_weights
+    idx = torch.as_tensor(indices, device=gallery.patches.device).long()
+    k = idx.shape[0]
+    lm = {}
+    if weighting == "lmk":
+        lm = dict(x_landmarks=query.landmarks[i:i + 1].expand(k, -1, -1), y_landmarks=gallery.landmarks[idx],
+                  grid=query.grid)
+    return patch_weights(query.patches[i:i + 1].expand(k, -1, -1), gallery.patches[idx], weighting,
+                         x_embedding=query.embeddings[i:i + 1].expand(k, -1), y_embedding=gallery.embeddings[idx], **lm)
+
+
 def write_flow_figures(out_dir, result, query_images, gallery_images, query_labels, gallery_labels,
-                       grid, n, prefix="query"):
-    """Write rerank figures (ST1 row, ST2 row, flow reconstructions) for the first n queries."""
+                       grid, n, query=None, gallery=None, weighting="apc", prefix="query"):
+    """Write rerank figures (ST1 row, ST2 row, flow reconstructions, and the patch-weight heat maps
+    when the Faces are given) for the first n queries."""
     from ..viz import rerank_figure, save_png
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for i in range(min(n, result["flows"].shape[0])):
+        weights = None if query is None else pair_weights(query, i, gallery, result["stage2_indices"][i], weighting)
         fig = rerank_figure(query_images[i], gallery_images, result["stage1_indices"][i],
-                            result["stage2_indices"][i], result["flows"][i], grid,
+                            result["stage2_indices"][i], result["flows"][i], grid, weights=weights,
                             query_label=int(query_labels[i]), gallery_labels=gallery_labels)
         path = os.path.join(out_dir, f"{prefix}_{i:04d}.png")
         save_png(path, fig)
@@ -131,7 +146,8 @@ def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, 
          f"stage 2 {res['time_stage2_s']:.3f} s ({res['ms_per_query_stage2']:.2f} ms/query)"
          + (f"; {n_dropped} images without a detected face skipped" if n_dropped else ""))
     if flows_dir:
-        paths = write_flow_figures(flows_dir, res, q_images, g["images"], q_labels, g_labels, grid, n_flows)
+        paths = write_flow_figures(flows_dir, res, q_images, g["images"], q_labels, g_labels, grid, n_flows,
+                                   query_faces, gallery_faces, weighting)
         echo(f"flow figures: {len(paths)} PNGs in {flows_dir}")
     if json_out:
         with open(json_out, "w") as fh:
@@ -199,8 +215,9 @@ def run_demo(out_dir="fastface-demo", backbone="arcface", images=None, occlusion
         one = emd_rerank(Faces(query.embeddings[i:i + 1], query.patches[i:i + 1], query.landmarks[i:i + 1]),
                          gallery, k=res["k"], alpha=alpha, weighting=weighting, return_flows=True)
         from ..viz import rerank_figure, save_png
-        fig = rerank_figure(q_img[i], g_img, res["stage1_indices"][i], one.indices[0], one.flows[0],
-                            grid, query_label=int(q_lab[i]), gallery_labels=g_lab, scale=2)
+        fig = rerank_figure(q_img[i], g_img, res["stage1_indices"][i], one.indices[0], one.flows[0], grid,
+                            weights=pair_weights(query, i, gallery, one.indices[0], weighting),
+                            query_label=int(q_lab[i]), gallery_labels=g_lab, scale=2)
         path = os.path.join(out_dir, f"flow_{occ}.png")
         save_png(path, fig)
         figures.append(path)
