@@ -10,3 +10,5 @@ FASTFACE_CUDA=ON python3 -m pip install --no-build-isolation --no-deps . 2>&1 | 
 python3 -m fastface.cli info
 python3 -m pytest -q -rs tests 2>&1 | tee "$out/gpu_tests.log" | tail -25
 python3 bench/report.py --gpu 2>&1 | tee "$out/gpu_report.md"
+# FusedGenerator: eager vs fused (auto, chain and per-layer paths) vs torch.compile, batch 1-4096.
+python3 bench/report.py --gpu --generator 2>&1 | tee "$out/gpu_generator.md"

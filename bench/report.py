@@ -2,6 +2,7 @@
 
   python bench/report.py            # CPU: one query, k = 100, 8x8x512, eps = 0.05
   python bench/report.py --gpu      # GPU: LFW-scale stage 2 (13,233 queries x k = 100) + latency
+  python bench/report.py [--gpu] --generator   # FusedGenerator vs eager vs torch.compile
 Medians of repeated, warmed-up, synchronised calls. Append the output to bench/RESULTS.md.
 """
 import argparse
@@ -134,11 +135,90 @@ def gpu_report(impls):
     print(f"\nIterations: median {res.n_iter.float().median().item():.0f}, max {res.n_iter.max().item()}.")
 
 
+# ---- FusedGenerator: eager vs fused vs torch.compile ------------------------------------------
+
+def generator_models(device):
+    """[(name, eval module, z shape without B)]: R³AN's G (Table 1) and DCGAN's, random weights."""
+    from torch import nn
+    from fastface.models.r3an import Generator
+    torch.manual_seed(0)
+
+    def up(cin, cout, s, p):
+        return [nn.ConvTranspose2d(cin, cout, 4, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+    dcgan = nn.Sequential(*up(100, 512, 1, 0), *up(512, 256, 2, 1), *up(256, 128, 2, 1), *up(128, 64, 2, 1),
+                          nn.ConvTranspose2d(64, 3, 4, 2, 1, bias=False), nn.Tanh())
+    models = [("R³AN G: 256 -> 512x4x4 -> 128x7x7 -> 32x14x14 -> 8x28x28 -> 3x56x56", Generator(), (256,)),
+              ("DCGAN G: 100 -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64", dcgan, (100, 1, 1))]
+    out = []
+    for name, m, d in models:
+        with torch.no_grad():
+            for bn in m.modules():
+                if isinstance(bn, nn.BatchNorm2d):  # trained-looking running statistics
+                    bn.running_mean.normal_(0, 0.2)
+                    bn.running_var.uniform_(0.5, 2.0)
+        out.append((name, m.to(device).eval(), d))
+    return out
+
+
+def generator_report(device, batches, use_compile=True):
+    """Print eager vs FusedGenerator (vs torch.compile) per batch size; medians, one run."""
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    sync = torch.cuda.synchronize if gpu else None
+    where = torch.cuda.get_device_name(dev) if gpu else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"### FusedGenerator on {where}, torch {torch.__version__}\n")
+    print("Eager = `module.eval()` under `torch.inference_mode()` (torch defaults"
+          + (", cuDNN TF32 allowed" if gpu and torch.backends.cudnn.allow_tf32 else "") + "); fused = "
+          "`FusedGenerator.from_module(module)(z)`; medians of warmed-up, synchronised calls.\n")
+    for name, module, zshape in generator_models(dev):
+        fg = ff.FusedGenerator.from_module(module)
+        compiled = torch.compile(module, dynamic=False) if use_compile else None
+        extra = " fused chain path | fused per-layer path |" if gpu else ""
+        print(f"{name}\n")
+        print(f"| batch | eager | fused | fused vs eager | torch.compile | fused vs compile | max rel. err |{extra}")
+        print("|---|---|---|---|---|---|---|" + ("---|---|" if gpu else ""))
+        for B in batches:
+            z = torch.randn(B, *zshape, device=dev)
+            rep = 51 if B <= 8 else (15 if B <= 64 else 5)
+            with torch.inference_mode():
+                want, got = module(z), fg(z)
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                te = timed(lambda: module(z), repeat=rep, warmup=3, sync=sync)
+                tf = timed(lambda: fg(z), repeat=rep, warmup=3, sync=sync)
+                tc = None
+                if compiled is not None:
+                    try:
+                        tc = timed(lambda: compiled(z), repeat=rep, warmup=3, sync=sync)
+                    except Exception as exc:  # inductor unavailable: report, keep going
+                        print(f"<!-- torch.compile failed: {type(exc).__name__}: {exc} -->")
+                        compiled = None
+                paths = ""
+                if gpu:
+                    for path in ("chain", "layers"):
+                        fg.cuda_path = path
+                        try:
+                            tp = timed(lambda: fg(z), repeat=rep, warmup=3, sync=sync)
+                            paths += f" {tp * 1e3:.3f} ms |"
+                        except ValueError:
+                            paths += " n/a |"
+                    fg.cuda_path = "auto"
+            comp = f"{tc * 1e3:.3f} ms | {tc / tf:.2f}x" if tc else "n/a | n/a"
+            print(f"| {B} | {te * 1e3:.3f} ms | {tf * 1e3:.3f} ms | {te / tf:.2f}x | {comp} | {err:.1e} |{paths}",
+                  flush=True)
+        print()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--generator", action="store_true", help="only the FusedGenerator section")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in --generator")
     args = ap.parse_args()
-    if args.gpu:
+    if args.generator:
+        generator_report("cuda" if args.gpu else "cpu",
+                         (1, 8, 64, 4096) if args.gpu else (1, 8, 64, 512), not args.no_compile)
+    elif args.gpu:
         impls = ["cuda"] + (["triton"] if ff.backend_info()["triton"] else [])
         gpu_report(impls)
     else:

@@ -3,7 +3,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/problem.h"
 #include "cpu/kernels.h"
@@ -56,6 +59,51 @@ EmdPairsArgs make_pairs_args(uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B,
   return e;
 }
 
+// Decode the int64 layer descriptors built by fastface/ops/generator.py (kConvTDescLen fields per
+// layer, see problem.h) and check that each layer's output size follows from its input.
+std::vector<ConvTLayer> make_convt_layers(uintptr_t desc_ptr, int n_layers, int desc_len) {
+  if (desc_len != kConvTDescLen)
+    throw std::invalid_argument("conv_transpose: descriptor length " + std::to_string(desc_len) +
+                                " != " + std::to_string(kConvTDescLen) + " (stale build?)");
+  if (n_layers <= 0 || desc_ptr == 0) throw std::invalid_argument("conv_transpose: no layers");
+  const int64_t* d = ptr<const int64_t>(desc_ptr);
+  std::vector<ConvTLayer> layers(static_cast<size_t>(n_layers));
+  for (int l = 0; l < n_layers; ++l, d += kConvTDescLen) {
+    ConvTLayer& L = layers[static_cast<size_t>(l)];
+    L.weight = ptr<const float>(uintptr_t(d[kDescWeight]));
+    L.bias = ptr<const float>(uintptr_t(d[kDescBias]));
+    L.post_scale = ptr<const float>(uintptr_t(d[kDescPostScale]));
+    L.post_shift = ptr<const float>(uintptr_t(d[kDescPostShift]));
+    L.cin = d[kDescCin]; L.cout = d[kDescCout]; L.hin = d[kDescHin]; L.win = d[kDescWin];
+    L.hout = d[kDescHout]; L.wout = d[kDescWout]; L.kh = d[kDescKh]; L.kw = d[kDescKw];
+    L.sh = d[kDescSh]; L.sw = d[kDescSw]; L.ph = d[kDescPh]; L.pw = d[kDescPw];
+    L.dh = d[kDescDh]; L.dw = d[kDescDw];
+    const int64_t act = d[kDescAct];
+    if (act < 0 || act > int64_t(Activation::Sigmoid))
+      throw std::invalid_argument("conv_transpose: unknown activation code " + std::to_string(act));
+    L.act = static_cast<Activation>(act);
+    double slope = 0;
+    std::memcpy(&slope, &d[kDescSlopeBits], sizeof(double));
+    L.slope = static_cast<float>(slope);
+    if (L.hout != (L.hin - 1) * L.sh - 2 * L.ph + L.dh * (L.kh - 1) + d[kDescOph] + 1 ||
+        L.wout != (L.win - 1) * L.sw - 2 * L.pw + L.dw * (L.kw - 1) + d[kDescOpw] + 1)
+      throw std::invalid_argument("conv_transpose: layer " + std::to_string(l) +
+                                  " output size does not follow from its input size");
+  }
+  return layers;
+}
+
+ConvTChainArgs make_chain_args(uintptr_t x, uintptr_t out, int64_t B,
+                               const std::vector<ConvTLayer>& layers, bool normalize, int dtype,
+                               int cuda_path, uintptr_t workspace, int64_t workspace_bytes) {
+  ConvTChainArgs c;
+  c.x = ptr<const void>(x); c.out = ptr<void>(out); c.B = B;
+  c.n_layers = static_cast<int>(layers.size()); c.layers = layers.data();
+  c.normalize_input = normalize; c.dtype = static_cast<DType>(dtype); c.cuda_path = cuda_path;
+  c.workspace = ptr<void>(workspace); c.workspace_bytes = workspace_bytes;
+  return c;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -85,6 +133,22 @@ PYBIND11_MODULE(_C, mod) {
                                            fallback), threads);
           }, nogil);
 
+  mod.def("conv_transpose_packed_size_cpu", &cpu::conv_transpose_packed_size);
+  mod.def("conv_transpose_pack_cpu",
+          [](uintptr_t w, uintptr_t packed, int64_t cin, int64_t cout, int64_t kh, int64_t kw) {
+            cpu::conv_transpose_pack(ptr<const float>(w), ptr<float>(packed), cin, cout, kh, kw);
+          }, nogil);
+  mod.def("conv_transpose_blocks_cpu", []() {
+    return py::make_tuple(cpu::conv_transpose_row_block(), cpu::conv_transpose_col_block());
+  });
+  mod.def("conv_transpose_chain_cpu",
+          [](uintptr_t x, uintptr_t out, int64_t B, uintptr_t desc, int n_layers, int desc_len,
+             bool normalize, int dtype, int threads) {
+            const auto layers = make_convt_layers(desc, n_layers, desc_len);
+            cpu::conv_transpose_chain(make_chain_args(x, out, B, layers, normalize, dtype, 0, 0, 0),
+                                      threads);
+          }, nogil);
+
 #ifdef FASTFACE_WITH_CUDA
   mod.attr("cuda_built") = true;
   mod.def("cuda_device_count", &cuda::device_count);
@@ -110,6 +174,22 @@ PYBIND11_MODULE(_C, mod) {
             cuda::emd_pairs(make_pairs_args(x, y, idx, B, k, n, m, C, dtype, weighting, wx, wy, eps,
                                             max_iter, tol, mode, emd, flows, n_iter, converged,
                                             fallback), ptr<void>(stream));
+          }, nogil);
+  mod.def("conv_transpose_workspace_cuda",
+          [](int64_t B, uintptr_t desc, int n_layers, int desc_len, bool normalize, int dtype,
+             int path) {
+            const auto layers = make_convt_layers(desc, n_layers, desc_len);
+            return cuda::conv_transpose_workspace(
+                make_chain_args(0, 0, B, layers, normalize, dtype, path, 0, 0));
+          });
+  mod.def("conv_transpose_chain_cuda",
+          [](uintptr_t x, uintptr_t out, int64_t B, uintptr_t desc, int n_layers, int desc_len,
+             bool normalize, int dtype, int path, uintptr_t workspace, int64_t workspace_bytes,
+             uintptr_t stream) {
+            const auto layers = make_convt_layers(desc, n_layers, desc_len);
+            cuda::conv_transpose_chain(make_chain_args(x, out, B, layers, normalize, dtype, path,
+                                                       workspace, workspace_bytes),
+                                       ptr<void>(stream));
           }, nogil);
 #else
   mod.attr("cuda_built") = false;

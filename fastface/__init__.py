@@ -4,9 +4,11 @@ __version__ = "0.1.0"
 from ._backend import backend_info
 from .ops.cost import patch_cost
 from .ops.emd import emd
+from .ops.generator import FusedGenerator
 from .ops.rerank import Faces, RerankResult, emd_rerank, stage1_topk
 from .ops.sinkhorn import SinkhornResult, sinkhorn
 from .ops.weights import patch_weights
 
 __all__ = ["__version__", "backend_info", "sinkhorn", "SinkhornResult", "patch_cost",
-           "patch_weights", "emd", "Faces", "emd_rerank", "RerankResult", "stage1_topk"]
+           "patch_weights", "emd", "Faces", "emd_rerank", "RerankResult", "stage1_topk",
+           "FusedGenerator"]

@@ -11,3 +11,18 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads);    // F32 inputs
 
 }  // namespace cpu
 }  // namespace fastface
+
+namespace fastface {
+namespace cpu {
+
+// Fused ConvTranspose2d chains (conv_transpose.cpp). Weights are packed once per plan:
+// w (Cin, Cout, kh, kw) float32 -> packed (conv_transpose_packed_size floats).
+int64_t conv_transpose_packed_size(int64_t cin, int64_t cout, int64_t kh, int64_t kw);
+void conv_transpose_pack(const float* w, float* packed, int64_t cin, int64_t cout, int64_t kh,
+                         int64_t kw);
+void conv_transpose_chain(const ConvTChainArgs& args, int n_threads);  // F32; x, out NCHW
+int conv_transpose_row_block();  // MR and NR of the build's micro-kernel (for reports and tests)
+int conv_transpose_col_block();
+
+}  // namespace cpu
+}  // namespace fastface

@@ -1,0 +1,3 @@
+// Host emulation (see cuda_runtime.h in this folder).
+#pragma once
+#include "cuda_runtime.h"
