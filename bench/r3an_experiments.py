@@ -45,6 +45,7 @@ def main(argv=None):
     p.add_argument("--prior-identities", type=int, default=300)
     p.add_argument("--prior-images", type=int, default=12)
     p.add_argument("--prior-epochs", type=int, default=6)
+    p.add_argument("--prior-margin", type=float, default=0.4, help="ArcFace margin m of the priors (s = 32)")
     p.add_argument("--r3an-identities", type=int, default=300, help="identities of each R³AN training domain")
     p.add_argument("--r3an-images", type=int, default=8)
     p.add_argument("--r3an-epochs", type=int, default=8)
@@ -71,7 +72,7 @@ def main(argv=None):
     for name, kw in ((n, PRIORS[n]) for n in chosen):
         cfg = BackboneConfig(n_identities=args.prior_identities, images_per_identity=args.prior_images,
                              image_size=args.size, channels=3, stem_pool=False, embedding_dim=256,
-                             epochs=args.prior_epochs, batch_size=64, s=32.0, m=0.4, seed=0,
+                             epochs=args.prior_epochs, batch_size=64, s=32.0, m=args.prior_margin, seed=0,
                              checkpoint_every=100, **kw)
         folder = os.path.join(args.out, "priors", name)
         if not os.path.exists(os.path.join(folder, "model.pt")):
