@@ -27,8 +27,8 @@ from fastface.train.r3an import (R3ANConfig, feature_encoder, load_transform, ma
                                  to_recon_images, train_r3an, transform_features)
 
 PRIORS = {  # name: BackboneConfig overrides
-    "Mb-6": dict(arch="mobilenetv2", expansion=6, width_mult=0.35),
-    "Mb-16": dict(arch="mobilenetv2", expansion=16, width_mult=0.35),
+    "Mb-6": dict(arch="mobilenetv2", expansion=6, width_mult=0.35, activation="prelu"),
+    "Mb-16": dict(arch="mobilenetv2", expansion=16, width_mult=0.35, activation="prelu"),
     "Res18": dict(arch="arcface_resnet18", width=12),
     "Res50": dict(arch="resnet50", width=8),
 }

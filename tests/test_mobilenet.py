@@ -35,3 +35,15 @@ def test_build_model_archs_and_bad_input():
         MobileNetV2Face(expansion=0)
     with pytest.raises(ValueError, match="x must be"):
         MobileNetV2Face(input_size=64)(torch.rand(1, 3, 32, 32))
+
+
+def test_mobilenet_activations():
+    from torch import nn
+
+    from fastface.backbones.mobilenetv2 import mobilenetv2_face
+    net = mobilenetv2_face(expansion=6, width_mult=0.35, input_size=32, stem_stride=1, activation="prelu").eval()
+    assert any(isinstance(m, nn.PReLU) for m in net.modules()) and not any(isinstance(m, nn.ReLU6) for m in net.modules())
+    emb, fmap = net(torch.rand(2, 3, 32, 32))
+    assert emb.shape == (2, 256) and fmap.shape[-1] == 2
+    with pytest.raises(ValueError, match="activation"):
+        mobilenetv2_face(activation="gelu")

@@ -3,6 +3,9 @@
 R³AN's prior models Mb-6, Mb-10 and Mb-16 are MobileNetV2 with T = 6, 10, 16 in every bottleneck
 after the first. forward(x) returns (embedding (B, D), feature map (B, C, h, w)) like ArcFaceResNet:
 the map after the last 1x1 conv, the embedding from flatten -> FC -> BN (the ArcFace head style).
+activation="relu6" is the paper's network; "prelu" (MobileFaceNet's choice) trains reliably from
+scratch with ArcFace at lr 0.1, where ReLU6 units can saturate and the network collapse to a
+constant output (seen on SynthFaces at 32 px).
 """
 import torch
 from torch import nn
@@ -18,22 +21,28 @@ def _scaled(channels, width_mult, divisor=8):
     return c + divisor if c < 0.9 * channels * width_mult else c
 
 
-def conv_bn_act(cin, cout, kernel, stride=1, groups=1, act=True):
+ACTIVATIONS = {"relu6": lambda c: nn.ReLU6(inplace=True), "relu": lambda c: nn.ReLU(inplace=True),
+               "prelu": lambda c: nn.PReLU(c)}
+
+
+def conv_bn_act(cin, cout, kernel, stride=1, groups=1, act="relu6"):
+    """Conv -> BN (-> activation; act=None for the linear projection)."""
     layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
+    return nn.Sequential(*layers, ACTIVATIONS[act](cout)) if act else nn.Sequential(*layers)
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 bottleneck: 1x1 expand (x expansion) -> 3x3 depthwise (stride) -> 1x1 linear
     projection; identity shortcut when stride is 1 and cin == cout."""
 
-    def __init__(self, cin, cout, stride, expansion):
+    def __init__(self, cin, cout, stride, expansion, act="relu6"):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         hidden = int(round(cin * expansion))
-        layers = [conv_bn_act(cin, hidden, 1)] if expansion != 1 else []
-        layers += [conv_bn_act(hidden, hidden, 3, stride, groups=hidden), conv_bn_act(hidden, cout, 1, act=False)]
+        layers = [conv_bn_act(cin, hidden, 1, act=act)] if expansion != 1 else []
+        layers += [conv_bn_act(hidden, hidden, 3, stride, groups=hidden, act=act),
+                   conv_bn_act(hidden, cout, 1, act=None)]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -49,8 +58,10 @@ class MobileNetV2Face(nn.Module):
     """
 
     def __init__(self, in_channels=3, expansion=6, width_mult=1.0, embedding_dim=256, input_size=112,
-                 stem_stride=2, last_channels=1280, dropout=0.2):
+                 stem_stride=2, last_channels=1280, dropout=0.2, activation="relu6"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if not isinstance(expansion, (int, float)) or isinstance(expansion, bool) or expansion < 1:
             raise ValueError(f"expansion must be a number >= 1, got {expansion!r}")
         if width_mult <= 0:
@@ -60,16 +71,17 @@ class MobileNetV2Face(nn.Module):
             raise ValueError(f"input_size must be a multiple of {stride}, got {input_size}")
         self.in_channels, self.input_size, self.expansion = in_channels, input_size, expansion
         cin = _scaled(32, width_mult)
-        self.stem = conv_bn_act(in_channels, cin, 3, stem_stride)
+        self.stem = conv_bn_act(in_channels, cin, 3, stem_stride, act=activation)
         blocks = []
         for t, c, n, s in MOBILENETV2_STAGES:
             cout = _scaled(c, width_mult)
             for i in range(n):
-                blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, expansion if t is None else t))
+                blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, expansion if t is None else t,
+                                               activation))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.channels = _scaled(last_channels, width_mult)  # scaled down too: small CPU priors
-        self.head_conv = conv_bn_act(cin, self.channels, 1)
+        self.head_conv = conv_bn_act(cin, self.channels, 1, act=activation)
         side = input_size // stride
         self.map_size = (side, side)
         self.dropout = nn.Dropout(dropout)

@@ -23,6 +23,7 @@ class BackboneConfig:
     arch: str = "arcface_resnet18"    # or "mobilenetv2", "resnet50" (R³AN's prior models)
     expansion: float = 6              # mobilenetv2: bottleneck expansion T (Mb-6, Mb-10, Mb-16)
     width_mult: float = 1.0           # mobilenetv2: channel multiplier
+    activation: str = "relu6"         # mobilenetv2: relu6 (the paper's), relu or prelu
     n_identities: int = 200
     images_per_identity: int = 20
     image_size: int = 64
@@ -75,6 +76,7 @@ def build_model(cfg):
     stem_stride = 2 if cfg.stem_pool else 1
     if cfg.arch == "mobilenetv2":
         return mobilenetv2_face(expansion=cfg.expansion, in_channels=cfg.channels, width_mult=cfg.width_mult,
+                                activation=cfg.activation,
                                 embedding_dim=cfg.embedding_dim, input_size=cfg.image_size, stem_stride=stem_stride)
     if cfg.arch == "resnet50":
         return resnet50_face(in_channels=cfg.channels, width=cfg.width, embedding_dim=cfg.embedding_dim,
