@@ -72,12 +72,17 @@ def test_losses_on_hand_computable_cases():
     for fn in (l2_loss, reconstruction_loss, representation_loss, regression_loss):
         assert fn(pred, target).item() == pytest.approx(7.5)  # mean of norms 5 and 10
     d_real, d_fake = torch.tensor([0.0]), torch.tensor([math.log(3.0)])  # D(I) = 1/2, D(G(X)) = 3/4
-    assert discriminator_loss(d_real, d_fake).item() == pytest.approx(math.log(0.5) + math.log(0.25))
+    assert discriminator_loss(d_real, d_fake).item() == pytest.approx(-math.log(0.5) - math.log(0.75))
     assert adversarial_loss(d_fake).item() == pytest.approx(-math.log(0.25))
     # D minimising L_D pushes real logits down and generated logits up
     z = torch.zeros(4, requires_grad=True)
     discriminator_loss(z[:2], z[2:]).backward()
     assert (z.grad[:2] > 0).all() and (z.grad[2:] < 0).all()
+    # ... and is bounded below by 0: a confident, correct D has (almost) no loss and no gradient left
+    z = torch.tensor([-30.0, -30.0, 30.0, 30.0], requires_grad=True)
+    loss = discriminator_loss(z[:2], z[2:])
+    loss.backward()
+    assert 0.0 <= loss.item() < 1e-12 and z.grad.abs().max().item() < 1e-12
 
 
 # --------------------------------------------------------------------------------- Algorithm 1
@@ -276,3 +281,29 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         cross_identification(torch.randn(4, 3), torch.randn(4, 2), torch.zeros(4, dtype=torch.long), torch.randn(2, 3))
     with pytest.raises(ValueError, match="mode must be"):
         cmfr_scores({}, {}, None, mode="both")
+
+
+def test_experiments_script_writes_tables_and_figure(tmp_path):
+    """bench/r3an_experiments.py end to end at a tiny size: priors -> Table 2/3 -> Fig. 4."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "r3an_experiments.py")
+    spec = importlib.util.spec_from_file_location("r3an_experiments", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "exp"
+    args = ["--out", str(out), "--quick", "--priors", "Mb-6,Res50", "--size", "32", "--prior-identities", "6",
+            "--prior-images", "4", "--prior-epochs", "1", "--r3an-identities", "6", "--r3an-images", "4",
+            "--r3an-epochs", "1", "--probe-identities", "4", "--probe-images", "3", "--distractors", "5",
+            "--batch-size", "8", "--g-width", "0.0625"]
+    assert mod.main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["priors"]) == {"Mb-6", "Res50"}
+    assert list(res["table3"]) == mod.ABLATIONS
+    for scores in res["table3"].values():
+        assert 0.0 <= scores["top1"] <= 1.0 and 0.0 <= scores["p_at_1"] <= 1.0
+    md = (out / "r3an_results.md").read_text()
+    assert "Table 2" in md and "Table 3" in md and "Arch7" in md
+    assert (out / "fig4_reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run resumes every training from its folder and reproduces the tables
+    assert mod.main(args) == 0
+    assert json.loads((out / "results.json").read_text())["table3"] == res["table3"]

@@ -43,3 +43,25 @@ def test_train_on_an_image_folder_exports_a_loadable_model(tmp_path):
     enc = load_encoder(f"arcface:{tmp_path / 'run' / 'model.pt'}")   # the inference-only export
     x = torch.rand(3, 1, 32, 32)
     torch.testing.assert_close(enc.encode(x)[0], out["model"].eval()(x)[0])
+
+
+def test_margin_warmup_ramps_m_and_resumes_exactly(tmp_path):
+    from fastface.backbones import ArcMarginHead
+    from fastface.train.backbone import margin_at
+    cfg = BackboneConfig(**{**TINY, "m": 0.4, "margin_warmup": 0.5})
+    assert [round(margin_at(cfg, s, 6), 6) for s in range(7)] == [0.0, 0.133333, 0.266667, 0.4, 0.4, 0.4, 0.4]
+    assert margin_at(BackboneConfig(**{**TINY, "m": 0.4}), 0, 6) == 0.4   # no warm-up: m from the first step
+    full = train_backbone(cfg, tmp_path / "full", progress=False)
+    records = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
+    assert [round(r["m"], 6) for r in records] == [0.0, 0.133333, 0.266667, 0.4, 0.4, 0.4]
+    train_backbone(cfg, tmp_path / "cut", progress=False, stop_after=2)
+    resumed = train_backbone(cfg, tmp_path / "cut", progress=False)
+    for (name, a), (_, b) in zip(full["model"].state_dict().items(), resumed["model"].state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # the head's margin can be changed in place and equals a head built with that margin
+    emb, labels = torch.randn(5, 16), torch.tensor([0, 1, 2, 0, 1])
+    head = ArcMarginHead(16, 3, s=8.0, m=0.0)
+    ref = ArcMarginHead(16, 3, s=8.0, m=0.3)
+    ref.weight.data.copy_(head.weight.data)
+    head.set_margin(0.3)
+    torch.testing.assert_close(head(emb, labels), ref(emb, labels), rtol=0, atol=0)

@@ -94,9 +94,14 @@ class ArcMarginHead(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
-        self.s, self.m = s, m
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
+        self.s = s
+        self.set_margin(m)
+
+    def set_margin(self, m):
+        """Change the margin m (training schedules ramp it up from 0)."""
+        self.m = float(m)
+        self.cos_m, self.sin_m = math.cos(self.m), math.sin(self.m)
+        self.th, self.mm = math.cos(math.pi - self.m), math.sin(math.pi - self.m) * self.m
 
     def forward(self, emb, labels=None):  # emb (B, D), labels (B,) -> logits (B, n_classes)
         cosine = F.linear(F.normalize(emb), F.normalize(self.weight))

@@ -12,9 +12,13 @@ The transformation a trained R³AN applies is `transform(x) = E(G(x / |x|))`; `F
 the paper's naive MLP baseline with the same parameter count as G + E.
 
 Losses (Eq. 4-9). The L2 losses are the mean over the batch of the per-sample Euclidean norm,
-as written (not squared). D(.) is read as the probability that an image was *generated*: then
-Eq. 5 is minimised by D (Algorithm 1, line 6 descends on it) and Eq. 6 by G, and both signs are
-consistent (G's loss is the non-saturating GAN loss). D returns logits; log D = logsigmoid(z).
+as written (not squared). The paper's adversarial pair is not consistent as printed: Eq. 10 has D
+maximise, Eq. 6 is minimised by G, and Algorithm 1 descends on Eq. 5. fastface reads D(.) as the
+probability that an image was *generated* (so Eq. 6, minimised by G, is the non-saturating GAN
+loss exactly as written) and trains D on the negative log-likelihood of the right labels,
+-E[log(1 - D(I))] - E[log D(G(X))] (Eq. 5's logistic likelihood, bounded below by 0). Descending on
+Eq. 5 literally with that D is unbounded below (log D(I) -> -inf); it diverged in practice
+(L_D ~ -1e23 within 150 steps). D returns logits; log D = logsigmoid(z).
 """
 import math
 
@@ -249,9 +253,9 @@ def reconstruction_loss(fake, real):
 
 
 def discriminator_loss(d_real, d_fake):
-    """Eq. 5: L_D = E[log D(I)] + E[log(1 - D(G(X)))], D's logits (B,) that an image is generated
-    (minimised by D: real images -> D = 0, generated -> D = 1)."""
-    return F.logsigmoid(d_real).mean() + F.logsigmoid(-d_fake).mean()
+    """Eq. 5 as D's logistic loss: -E[log(1 - D(I))] - E[log D(G(X))] >= 0, D's logits (B,) that an
+    image is generated (minimised by D: real images -> D = 0, generated -> D = 1)."""
+    return -F.logsigmoid(-d_real).mean() - F.logsigmoid(d_fake).mean()
 
 
 def adversarial_loss(d_fake):

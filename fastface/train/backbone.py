@@ -39,6 +39,7 @@ class BackboneConfig:
     milestones: tuple = (0.5, 0.75)   # fractions of all steps where lr /= 10
     s: float = 64.0
     m: float = 0.5
+    margin_warmup: float = 0.0        # fraction of all steps over which m ramps linearly from 0 (0 = off)
     seed: int = 0
     max_steps: int = 0                # stop after this many steps (0 = all epochs)
     checkpoint_every: int = 100
@@ -88,6 +89,13 @@ def export_model(out_path, model, cfg):
     """Write the inference-only checkpoint (config + backbone weights) that `arcface:CKPT` loads."""
     save_checkpoint(out_path, {"config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
                                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
+
+
+def margin_at(cfg, step, total):
+    """The ArcFace margin at `step` of `total`: m, ramped linearly from 0 over margin_warmup * total steps
+    (without a margin the network starts learning sooner in short runs; the margin then tightens it)."""
+    ramp = cfg.margin_warmup * total
+    return cfg.m if ramp <= 0 else cfg.m * min(1.0, step / ramp)
 
 
 def _batches(dataset, cfg, epoch):
@@ -144,6 +152,7 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
                 if i < skip:
                     continue
                 x, y = batch["image"].to(device), batch["identity"].long().to(device)
+                head.set_margin(margin_at(cfg, step, total))
                 with torch.autocast(device.type, enabled=scaler.is_enabled()):
                     emb, _ = model(x)
                     logits = head(emb.float(), y)
@@ -157,7 +166,7 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
                 sched.step()
                 step += 1
                 record = {"step": step, "epoch": epoch, "loss": loss.item(), "acc": acc,
-                          "lr": opt.param_groups[0]["lr"]}
+                          "lr": opt.param_groups[0]["lr"], "m": head.m}
                 log_file.write(json.dumps(record) + "\n")
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{acc:.2f}")

@@ -229,6 +229,14 @@ def make_optimizers(model, cfg):
             "ge": _sgd(g + e, cfg)}
 
 
+def active_stages(model, cfg):
+    """The optimiser keys of the stages cfg enables (each gets a learning-rate schedule)."""
+    if model.kind == "fc":
+        return ["fc"]
+    use = {"d": cfg.use_adv, "g": cfg.use_rec or cfg.use_adv, "e": cfg.use_rep, "ge": cfg.use_reg}
+    return [k for k, on in use.items() if on]
+
+
 def _step(opt, loss):
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -337,8 +345,8 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
     spec = model_spec(cfg, x_all.shape[1], y_all.shape[1])
     model = build_transform(spec).to(device).train()
     opts = make_optimizers(model, cfg)
-    scheds = {k: torch.optim.lr_scheduler.MultiStepLR(o, [max(1, int(f * total)) for f in cfg.milestones], 0.1)
-              for k, o in opts.items()}
+    scheds = {k: torch.optim.lr_scheduler.MultiStepLR(opts[k], [max(1, int(f * total)) for f in cfg.milestones], 0.1)
+              for k in active_stages(model, cfg)}
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "last.pt")
     step = 0
@@ -347,6 +355,7 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
         model.load_state_dict(state["model"])
         for k in opts:
             opts[k].load_state_dict(state["optimizers"][k])
+        for k in scheds:
             scheds[k].load_state_dict(state["schedulers"][k])
         set_rng_state(state["rng"])
         step = state["step"]
@@ -371,7 +380,7 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
                 for s in scheds.values():
                     s.step()
                 step += 1
-                record = {"step": step, "epoch": epoch, **losses, "lr": next(iter(opts.values())).param_groups[0]["lr"]}
+                record = {"step": step, "epoch": epoch, **losses, "lr": opts[next(iter(scheds))].param_groups[0]["lr"]}
                 log_file.write(json.dumps(record) + "\n")
                 bar.update(1)
                 bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in losses.items()})
