@@ -171,9 +171,23 @@ def test_checkpoint_log_and_weights_only_export(tmp_path):
     assert not model.training
 
 
-def test_lr_schedule_follows_the_paper():
+def test_resume_with_another_config_is_refused(tmp_path):
+    train_r3an(R3ANConfig(**TINY), tmp_path, triples=tiny_triples(), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match=r"lambda_adv: 0.1 there, 0.5 now"):
+        train_r3an(R3ANConfig(**TINY, lambda_adv=0.5), tmp_path, triples=tiny_triples(), progress=False)
+
+
+def test_lr_schedule_follows_the_paper(tmp_path):
     cfg = R3ANConfig()
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.milestones) == (0.08, 0.9, 1e-3, (0.3, 0.5, 0.7))
+    # lr / 10 after 30, 50 and 70 % of the steps, in every stage's optimiser (10 steps here)
+    out = train_r3an(R3ANConfig(**{**TINY, "epochs": 1}), tmp_path, triples=tiny_triples(80), progress=False)
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "log.jsonl")]
+    assert lrs == pytest.approx([0.08, 0.08, 0.008, 0.008, 8e-4, 8e-4, 8e-5, 8e-5, 8e-5, 8e-5])
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert sorted(state["schedulers"]) == ["d", "e", "g", "ge"]
+    assert [o["param_groups"][0]["lr"] for o in state["optimizers"].values()] == pytest.approx([8e-5] * 4)
+    assert out["step"] == 10
 
 
 def test_train_r3an_from_prior_checkpoints_via_cli(tmp_path):
@@ -291,13 +305,13 @@ def test_experiments_script_writes_tables_and_figure(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "exp"
-    args = ["--out", str(out), "--quick", "--priors", "Mb-6,Res50", "--size", "32", "--prior-identities", "6",
+    args = ["--out", str(out), "--quick", "--priors", "Mb-6,Res18", "--size", "32", "--prior-identities", "6",
             "--prior-images", "4", "--prior-epochs", "1", "--r3an-identities", "6", "--r3an-images", "4",
             "--r3an-epochs", "1", "--probe-identities", "4", "--probe-images", "3", "--distractors", "5",
             "--batch-size", "8", "--g-width", "0.0625"]
     assert mod.main(args) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["priors"]) == {"Mb-6", "Res50"}
+    assert set(res["priors"]) == {"Mb-6", "Res18"}
     assert list(res["table3"]) == mod.ABLATIONS
     for scores in res["table3"].values():
         assert 0.0 <= scores["top1"] <= 1.0 and 0.0 <= scores["p_at_1"] <= 1.0
@@ -307,3 +321,6 @@ def test_experiments_script_writes_tables_and_figure(tmp_path):
     # a second run resumes every training from its folder and reproduces the tables
     assert mod.main(args) == 0
     assert json.loads((out / "results.json").read_text())["table3"] == res["table3"]
+    # a finished model of another config is never reused silently
+    with pytest.raises(ValueError, match="another config"):
+        mod.main(args[:-2] + ["--g-width", "0.125"])

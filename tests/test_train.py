@@ -65,3 +65,13 @@ def test_margin_warmup_ramps_m_and_resumes_exactly(tmp_path):
     ref.weight.data.copy_(head.weight.data)
     head.set_margin(0.3)
     torch.testing.assert_close(head(emb, labels), ref(emb, labels), rtol=0, atol=0)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    import pytest
+    train_backbone(BackboneConfig(**TINY), tmp_path, progress=False, stop_after=2)
+    with pytest.raises(ValueError, match=r"another config \(lr: 0.05 there, 0.1 now\)"):
+        train_backbone(BackboneConfig(**{**TINY, "lr": 0.1}), tmp_path, progress=False)
+    # checkpoint frequency may change; a fresh start (resume=False) ignores the old state
+    assert train_backbone(BackboneConfig(**{**TINY, "checkpoint_every": 3}), tmp_path, progress=False)["step"] == 6
+    assert train_backbone(BackboneConfig(**{**TINY, "lr": 0.1}), tmp_path, progress=False, resume=False)["step"] == 6

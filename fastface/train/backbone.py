@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..backbones import ArcMarginHead, arcface_resnet18, mobilenetv2_face, resnet50_face
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import check_same_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger("fastface.train")
 
@@ -128,6 +128,7 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
     step = 0
     if resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
+        check_same_config(state.get("config"), {k: v for k, v in asdict(cfg).items() if k != "extra"}, ckpt_path)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])

@@ -39,3 +39,21 @@ def save_checkpoint(path, state: dict):
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint written by save_checkpoint (weights_only=True: no code runs)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+RESUME_INDEPENDENT = ("checkpoint_every",)  # config keys that may change between a run and its resume
+
+
+def check_same_config(saved, current, path):
+    """Raise ValueError when a checkpoint's config (a dict) differs from the current run's: resuming
+    it would silently mix two runs. Tuples and lists compare equal; keys in RESUME_INDEPENDENT are free,
+    and so are keys one side lacks (a checkpoint from before a config key existed)."""
+    def norm(v):
+        return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+    saved = {k: norm(v) for k, v in dict(saved or {}).items() if k not in RESUME_INDEPENDENT}
+    current = {k: norm(v) for k, v in dict(current).items() if k not in RESUME_INDEPENDENT}
+    diff = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
+    if diff:
+        detail = ", ".join(f"{k}: {saved[k]!r} there, {current[k]!r} now" for k in diff)
+        raise ValueError(f"{path} was written with another config ({detail}); use a new output folder or "
+                         f"resume=False")

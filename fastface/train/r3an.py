@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..models.r3an import (IMAGE_SIZE, adversarial_loss, build_transform, count_parameters, discriminator_loss,
                            fc_hidden_for, l2_loss, reconstruction_loss, regression_loss, representation_loss)
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import check_same_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger("fastface.train")
 
@@ -352,6 +352,7 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
     step = 0
     if resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
+        check_same_config(state.get("config"), cfg.to_dict(), ckpt_path)
         model.load_state_dict(state["model"])
         for k in opts:
             opts[k].load_state_dict(state["optimizers"][k])
