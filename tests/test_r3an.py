@@ -173,7 +173,7 @@ def test_checkpoint_log_and_weights_only_export(tmp_path):
 
 def test_resume_with_another_config_is_refused(tmp_path):
     train_r3an(R3ANConfig(**TINY), tmp_path, triples=tiny_triples(), progress=False, stop_after=2)
-    with pytest.raises(ValueError, match=r"lambda_adv: 0.1 there, 0.5 now"):
+    with pytest.raises(ValueError, match=r"lambda_adv: 0.001 there, 0.5 now"):
         train_r3an(R3ANConfig(**TINY, lambda_adv=0.5), tmp_path, triples=tiny_triples(), progress=False)
 
 
@@ -324,3 +324,17 @@ def test_experiments_script_writes_tables_and_figure(tmp_path):
     # a finished model of another config is never reused silently
     with pytest.raises(ValueError, match="another config"):
         mod.main(args[:-2] + ["--g-width", "0.125"])
+
+
+def test_extractor_activation_option():
+    relu6 = Extractor(8, 3, width=0.25, repeats=(1, 1, 1, 1, 1))
+    prelu = R3AN(16, 8, 3, g_width=0.0625, e_width=0.25, e_repeats=(1, 1, 1, 1, 1), d_width=0.5,
+                 e_activation="prelu").extractor
+    assert any(isinstance(m, torch.nn.ReLU6) for m in relu6.modules())
+    assert not any(isinstance(m, torch.nn.ReLU6) for m in prelu.modules())
+    assert sum(isinstance(m, torch.nn.PReLU) for m in prelu.modules()) == 11  # 5 blocks x 2 + conv6
+    assert prelu(torch.rand(2, 3, 56, 56)).shape == (2, 8)
+    spec = model_spec(R3ANConfig(e_activation="prelu", **TINY_MODEL), 16, 8)
+    assert spec["e_activation"] == "prelu"
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Extractor(8, activation="gelu")

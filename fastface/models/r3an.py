@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.mobilenetv2 import InvertedResidual, _scaled, conv_bn_act
+from ..backbones.mobilenetv2 import ACTIVATIONS, InvertedResidual, _scaled, conv_bn_act
 
 # Table 1 generator: (output channels, kernel, stride, padding) of fConv1-fConv5;
 # 1x1 -> 4x4 -> 7x7 -> 14x14 -> 28x28 -> 56x56
@@ -91,25 +91,28 @@ class Extractor(nn.Module):
     global average pool -> FC -> feature (B, feature_dim).
 
     repeats[i] bottlenecks in stage i (Table 1's Conv1-Conv5), expansion T in each, width scales
-    every channel count (width=1: Table 1).
+    every channel count (width=1: Table 1). activation: "relu6" (MobileNetV2's, the paper's), "relu"
+    or "prelu".
     """
 
     def __init__(self, feature_dim=256, image_channels=3, expansion=6, width=1.0, repeats=(1, 2, 2, 2, 1),
-                 last_channels=1280):
+                 last_channels=1280, activation="relu6"):
         super().__init__()
         _check_positive_int("feature_dim", feature_dim)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if len(repeats) != len(EXTRACTOR_STAGES) or any(int(r) < 1 for r in repeats):
             raise ValueError(f"repeats must be {len(EXTRACTOR_STAGES)} positive ints, got {repeats!r}")
         self.feature_dim, self.image_channels = feature_dim, image_channels
         blocks, cin = [], image_channels
         for (c, s), n in zip(EXTRACTOR_STAGES, repeats):
             cout = _scaled(c, width)
-            stage = [InvertedResidual(cin, cout, s, expansion)]
-            stage += [InvertedResidual(cout, cout, 1, expansion) for _ in range(int(n) - 1)]
+            stage = [InvertedResidual(cin, cout, s, expansion, activation)]
+            stage += [InvertedResidual(cout, cout, 1, expansion, activation) for _ in range(int(n) - 1)]
             blocks.append(nn.Sequential(*stage))
             cin = cout
         self.conv1, self.conv2, self.conv3, self.conv4, self.conv5 = blocks
-        self.conv6 = conv_bn_act(cin, _scaled(last_channels, width), 1)
+        self.conv6 = conv_bn_act(cin, _scaled(last_channels, width), 1, act=activation)
         self.fc = nn.Linear(_scaled(last_channels, width), feature_dim)
 
     def forward(self, images, return_all=False):  # images (B, C, 56, 56) -> (B, feature_dim)
@@ -164,11 +167,12 @@ class R3AN(nn.Module):
     kind = "r3an"
 
     def __init__(self, source_dim=256, target_dim=256, image_channels=3, g_width=1.0, e_width=1.0,
-                 e_expansion=6, e_repeats=(1, 2, 2, 2, 1), d_width=1.0):
+                 e_expansion=6, e_repeats=(1, 2, 2, 2, 1), d_width=1.0, e_activation="relu6"):
         super().__init__()
         self.source_dim, self.target_dim = source_dim, target_dim
         self.generator = Generator(source_dim, image_channels, g_width)
-        self.extractor = Extractor(target_dim, image_channels, e_expansion, e_width, tuple(e_repeats))
+        self.extractor = Extractor(target_dim, image_channels, e_expansion, e_width, tuple(e_repeats),
+                                   activation=e_activation)
         self.discriminator = Discriminator(image_channels, d_width)
 
     def transform(self, x):  # x (B, source_dim) -> (B, target_dim)
