@@ -51,7 +51,8 @@ ABLATIONS = ["fc", "arch1", "arch2", "arch3", "arch4", "arch5", "arch6", "arch7"
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=64, help="SynthFaces render size for the priors (>= 64: stem down-sampling)")
+    p.add_argument("--size", type=int, default=64,
+                   help="SynthFaces render size for the priors (>= 64: stem down-sampling)")
     p.add_argument("--prior-identities", type=int, default=1000)
     p.add_argument("--prior-images", type=int, default=8)
     p.add_argument("--prior-epochs", type=int, default=16)
