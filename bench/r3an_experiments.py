@@ -71,6 +71,8 @@ def main(argv=None):
     p.add_argument("--g-width", type=float, default=0.25)
     p.add_argument("--e-width", type=float, default=0.25)
     p.add_argument("--d-width", type=float, default=0.5)
+    p.add_argument("--e-activation", default="relu6", choices=("relu6", "relu", "prelu"),
+                   help="E's activation (relu6 = the paper's; its units died on SynthFaces, see docs/R3AN_RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="Table 3 pair only, no Tables 4-6 extra pairs")
     p.add_argument("--priors", default=",".join(PRIORS),
                    help="comma-separated prior models to train and pair (Mb-16's depthwise convs are slow on CPU)")
@@ -130,7 +132,7 @@ def main(argv=None):
         cfg = R3ANConfig.preset(preset, n_identities=args.r3an_identities, images_per_identity=args.r3an_images,
                                 render_size=args.size, epochs=args.r3an_epochs, batch_size=args.batch_size,
                                 g_width=args.g_width, e_width=args.e_width, e_repeats=(1, 1, 1, 1, 1),
-                                d_width=args.d_width, checkpoint_every=100)
+                                d_width=args.d_width, e_activation=args.e_activation, checkpoint_every=100)
         folder = os.path.join(args.out, "r3an", f"{src}_to_{tgt}_{domain}_{preset}")
         if not finished(folder, cfg.to_dict()):
             print(f"== training {preset} {src} -> {tgt} on domain {domain}", flush=True)
