@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -97,7 +96,7 @@ def main(argv=None):
                              margin_warmup=args.prior_margin_warmup, seed=0,
                              checkpoint_every=100, **kw)
         folder = os.path.join(args.out, "priors", name)
-        if not finished(folder, {k: v for k, v in asdict(cfg).items() if k != "extra"}):
+        if not finished(folder, cfg.to_dict()):
             print(f"== training prior {name}", flush=True)
             train_backbone(cfg, folder, device=dev)
         priors[name] = feature_encoder(os.path.join(folder, "model.pt"), dev)

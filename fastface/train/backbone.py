@@ -46,6 +46,10 @@ class BackboneConfig:
     amp: bool = True                  # on CUDA only
     extra: dict = field(default_factory=dict)
 
+    def to_dict(self):
+        """The config as saved in checkpoints (without `extra`)."""
+        return {k: v for k, v in asdict(self).items() if k != "extra"}
+
     @classmethod
     def from_file(cls, path, **overrides):
         with open(path) as fh:
@@ -87,7 +91,7 @@ def build_model(cfg):
 
 def export_model(out_path, model, cfg):
     """Write the inference-only checkpoint (config + backbone weights) that `arcface:CKPT` loads."""
-    save_checkpoint(out_path, {"config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+    save_checkpoint(out_path, {"config": cfg.to_dict(),
                                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
 
@@ -128,7 +132,7 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
     step = 0
     if resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
-        check_same_config(state.get("config"), {k: v for k, v in asdict(cfg).items() if k != "extra"}, ckpt_path)
+        check_same_config(state.get("config"), cfg.to_dict(), ckpt_path)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
@@ -142,7 +146,7 @@ def train_backbone(cfg: BackboneConfig, out_dir, device="cpu", resume=True, data
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "head": head.state_dict(),
                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                     "scaler": scaler.state_dict(), "rng": rng_state(), "step": step,
-                                    "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}})
+                                    "config": cfg.to_dict()})
 
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train backbone")
     with open(os.path.join(out_dir, "log.jsonl"), "a") as log_file:

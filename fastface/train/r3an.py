@@ -7,7 +7,7 @@ Training data are triples (X, Y, I): the source model's feature X, the target mo
   2. G step on lambda_rec L_Rec + lambda_adv L_Adv -- use_rec or use_adv
   3. E step on L_Rep with real images (Eq. 8)     -- use_rep
   4. joint G + E step on L_Reg (Eq. 9)            -- use_reg
-Each stage has its own SGD optimiser (momentum 0.9, weight decay 1e-3, lr 0.08 divided by 10 at
+Each enabled stage has its own SGD optimiser (momentum 0.9, weight decay 1e-3, lr 0.08 divided by 10 at
 30/50/70 % of training: the paper's 60k/100k/140k of 200k iterations, scaled to the data).
 """
 import json
@@ -226,20 +226,13 @@ def _sgd(params, cfg):
 
 
 def make_optimizers(model, cfg):
-    """One SGD optimiser per stage: {"d", "g", "e", "ge"} for R³AN, {"fc"} for the baseline."""
+    """One SGD optimiser per stage cfg enables: of {"d", "g", "e", "ge"} for R³AN, {"fc"} for the baseline."""
     if model.kind == "fc":
         return {"fc": _sgd(model.parameters(), cfg)}
     g, e = list(model.generator.parameters()), list(model.extractor.parameters())
-    return {"d": _sgd(model.discriminator.parameters(), cfg), "g": _sgd(g, cfg), "e": _sgd(e, cfg),
-            "ge": _sgd(g + e, cfg)}
-
-
-def active_stages(model, cfg):
-    """The optimiser keys of the stages cfg enables (each gets a learning-rate schedule)."""
-    if model.kind == "fc":
-        return ["fc"]
-    use = {"d": cfg.use_adv, "g": cfg.use_rec or cfg.use_adv, "e": cfg.use_rep, "ge": cfg.use_reg}
-    return [k for k, on in use.items() if on]
+    stages = {"d": (cfg.use_adv, list(model.discriminator.parameters())), "g": (cfg.use_rec or cfg.use_adv, g),
+              "e": (cfg.use_rep, e), "ge": (cfg.use_reg, g + e)}
+    return {k: _sgd(params, cfg) for k, (on, params) in stages.items() if on}
 
 
 def _step(opt, loss):
@@ -350,8 +343,8 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
     spec = model_spec(cfg, x_all.shape[1], y_all.shape[1])
     model = build_transform(spec).to(device).train()
     opts = make_optimizers(model, cfg)
-    scheds = {k: torch.optim.lr_scheduler.MultiStepLR(opts[k], [max(1, int(f * total)) for f in cfg.milestones], 0.1)
-              for k in active_stages(model, cfg)}
+    scheds = {k: torch.optim.lr_scheduler.MultiStepLR(o, [max(1, int(f * total)) for f in cfg.milestones], 0.1)
+              for k, o in opts.items()}
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "last.pt")
     step = 0
@@ -361,7 +354,6 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
         model.load_state_dict(state["model"])
         for k in opts:
             opts[k].load_state_dict(state["optimizers"][k])
-        for k in scheds:
             scheds[k].load_state_dict(state["schedulers"][k])
         set_rng_state(state["rng"])
         step = state["step"]
@@ -386,7 +378,7 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
                 for s in scheds.values():
                     s.step()
                 step += 1
-                record = {"step": step, "epoch": epoch, **losses, "lr": opts[next(iter(scheds))].param_groups[0]["lr"]}
+                record = {"step": step, "epoch": epoch, **losses, "lr": next(iter(opts.values())).param_groups[0]["lr"]}
                 log_file.write(json.dumps(record) + "\n")
                 bar.update(1)
                 bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in losses.items()})
