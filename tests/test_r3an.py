@@ -1,4 +1,5 @@
 """R³AN: Table 1 shapes, losses, Algorithm 1 stages, training, resume, transform CLI, CMFR, bad input."""
+import copy
 import json
 import math
 import os
@@ -177,6 +178,35 @@ def test_resume_with_another_config_is_refused(tmp_path):
         train_r3an(R3ANConfig(**TINY, lambda_adv=0.5), tmp_path, triples=tiny_triples(), progress=False)
 
 
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_extractor_bn_statistics_are_those_of_the_transform_path(tmp_path, recalibrate):
+    # E also sees real faces (E step), whose statistics differ from G(X)'s; after training, E's running
+    # statistics must be those of its inference input G(x) (G in eval mode), on every BN layer
+    cfg = R3ANConfig.preset("r3an", **TINY, recalibrate_bn=recalibrate)
+    t = tiny_triples()
+    model = train_r3an(cfg, tmp_path, triples=t, progress=False)["model"]
+    # each BN's input when E normalises G(x) by batch statistics (momentum 0: a copy's buffers stay put)
+    probe = copy.deepcopy(model.extractor).train()
+    inputs = []
+    for bn in probe.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = 0.0
+            bn.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    with torch.no_grad():
+        probe(model.generator(t["x"]))    # one batch: 24 <= 4 * batch_size
+    bns = [m for m in model.extractor.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == len(inputs) > 10
+    matches = []
+    for bn, h in zip(bns, inputs):
+        mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=True)
+        matches.append(torch.allclose(bn.running_mean, mean, rtol=1e-4, atol=1e-6)
+                       and torch.allclose(bn.running_var, var, rtol=1e-4, atol=1e-6))
+    assert all(matches) if recalibrate else not any(matches)
+    exported = load_transform(tmp_path / "model.pt")
+    torch.testing.assert_close(exported.transform(t["x"]), model.transform(t["x"]))
+    assert not model.training
+
+
 def test_lr_schedule_follows_the_paper(tmp_path):
     cfg = R3ANConfig()
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.milestones) == (0.08, 0.9, 1e-3, (0.3, 0.5, 0.7))
@@ -188,6 +218,17 @@ def test_lr_schedule_follows_the_paper(tmp_path):
     assert sorted(state["schedulers"]) == ["d", "e", "g", "ge"]
     assert [o["param_groups"][0]["lr"] for o in state["optimizers"].values()] == pytest.approx([8e-5] * 4)
     assert out["step"] == 10
+
+
+def test_lr_warmup_then_steps(tmp_path):
+    # 20 steps, warm-up over 25 % = 5 steps, milestones at steps 6, 10, 14; the log holds the lr
+    # after step s (that of step s + 1): steps 1..5 run at 1/5..5/5 of 0.08
+    cfg = R3ANConfig.preset("arch3", **{**TINY, "epochs": 2, "warmup": 0.25})
+    train_r3an(cfg, tmp_path, triples=tiny_triples(80), progress=False)
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "log.jsonl")]
+    expected = [0.08 * min(1, (s + 1) / 5) * 0.1 ** sum(s >= m for m in (6, 10, 14)) for s in range(1, 21)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[:6] == pytest.approx([0.032, 0.048, 0.064, 0.08, 0.08, 0.008])
 
 
 def test_train_r3an_from_prior_checkpoints_via_cli(tmp_path):
@@ -265,6 +306,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         R3ANConfig.preset("arch8")
     with pytest.raises(ValueError, match="batch_size"):
         R3ANConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"warmup must be a fraction of the steps in \[0, 1\), got 1.5"):
+        R3ANConfig(warmup=1.5)
     with pytest.raises(ValueError, match="unknown config keys"):
         (tmp_path / "c.json").write_text('{"lr": 0.1, "learning_rate": 1}')
         R3ANConfig.from_file(tmp_path / "c.json")
