@@ -11,7 +11,7 @@ import torch
 from fastface.eval.cmfr import cmfr_scores, cross_identification, markdown_table, reconstruction_figure
 from fastface.eval.metrics import identification_with_distractors
 from fastface.models.r3an import (Discriminator, Extractor, FCTransform, Generator, R3AN, adversarial_loss,
-                                  count_parameters, discriminator_loss, fc_hidden_for, l2_loss, reconstruction_loss,
+                                  build_transform, count_parameters, discriminator_loss, fc_hidden_for, l2_loss, reconstruction_loss,
                                   regression_loss, representation_loss)
 from fastface.train import load_checkpoint
 from fastface.train.r3an import (PRESETS, R3ANConfig, algorithm1_step, d_step, e_step, g_step, load_transform,
@@ -218,6 +218,17 @@ def test_lr_schedule_follows_the_paper(tmp_path):
     assert sorted(state["schedulers"]) == ["d", "e", "g", "ge"]
     assert [o["param_groups"][0]["lr"] for o in state["optimizers"].values()] == pytest.approx([8e-5] * 4)
     assert out["step"] == 10
+
+
+def test_resume_from_a_checkpoint_without_warmup_is_refused(tmp_path):
+    train_r3an(R3ANConfig(**TINY), tmp_path, triples=tiny_triples(), progress=False, stop_after=2)
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["config"]["warmup"]      # as written before the warm-up existed
+    for k, o in make_optimizers(build_transform(state["spec"]), R3ANConfig(**TINY)).items():
+        state["schedulers"][k] = torch.optim.lr_scheduler.MultiStepLR(o, [1, 2, 3], 0.1).state_dict()
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="without the lr warm-up"):
+        train_r3an(R3ANConfig(**TINY), tmp_path, triples=tiny_triples(), progress=False)
 
 
 def test_lr_warmup_then_steps(tmp_path):

@@ -8,7 +8,9 @@ Training data are triples (X, Y, I): the source model's feature X, the target mo
   3. E step on L_Rep with real images (Eq. 8)     -- use_rep
   4. joint G + E step on L_Reg (Eq. 9)            -- use_reg
 Each enabled stage has its own SGD optimiser (momentum 0.9, weight decay 1e-3, lr 0.08 divided by 10 at
-30/50/70 % of training: the paper's 60k/100k/140k of 200k iterations, scaled to the data).
+30/50/70 % of training: the paper's 60k/100k/140k of 200k iterations, scaled to the data), after a
+linear warm-up over the first 10 % (not in the paper). After the last step E's BatchNorm statistics
+are re-estimated on G(X), its inference input (recalibrate_extractor_bn).
 """
 import json
 import logging
@@ -396,6 +398,9 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
         state = load_checkpoint(ckpt_path, map_location=device)
         check_same_config(state.get("config"), cfg.to_dict(), ckpt_path)
         model.load_state_dict(state["model"])
+        if any("lr_lambdas" not in sched for sched in state["schedulers"].values()):
+            raise ValueError(f"{ckpt_path} was written by a fastface without the lr warm-up (a MultiStepLR "
+                             f"schedule) and cannot resume exactly; train into a new out_dir")
         for k in opts:
             opts[k].load_state_dict(state["optimizers"][k])
             scheds[k].load_state_dict(state["schedulers"][k])
