@@ -11,8 +11,8 @@ import torch
 from fastface.eval.cmfr import cmfr_scores, cross_identification, markdown_table, reconstruction_figure
 from fastface.eval.metrics import identification_with_distractors
 from fastface.models.r3an import (Discriminator, Extractor, FCTransform, Generator, R3AN, adversarial_loss,
-                                  build_transform, count_parameters, discriminator_loss, fc_hidden_for, l2_loss, reconstruction_loss,
-                                  regression_loss, representation_loss)
+                                  build_transform, count_parameters, discriminator_loss, fc_hidden_for, l2_loss,
+                                  reconstruction_loss, regression_loss, representation_loss)
 from fastface.train import load_checkpoint
 from fastface.train.r3an import (PRESETS, R3ANConfig, algorithm1_step, d_step, e_step, g_step, load_transform,
                                  make_optimizers, model_spec, recon_batch, reg_step, train_r3an, transform_features,
