@@ -27,8 +27,8 @@ from fastface.data import SynthFaces
 from fastface.eval.cmfr import cmfr_scores, markdown_table, reconstruction_figure
 from fastface.train import BackboneConfig, load_checkpoint, train_backbone
 from fastface.train.checkpoint import check_same_config
-from fastface.train.r3an import (R3ANConfig, feature_encoder, load_transform, make_triples, render_images,
-                                 to_recon_images, train_r3an, transform_features)
+from fastface.train.r3an import (LEGACY_CONFIG, R3ANConfig, feature_encoder, load_transform, make_triples,
+                                 render_images, to_recon_images, train_r3an, transform_features)
 
 PRIORS = {  # name: BackboneConfig overrides (MobileNetV2 learns faster at lr 0.03 than 0.1 on SynthFaces)
     "Mb-6": dict(arch="mobilenetv2", expansion=6, width_mult=0.35, activation="prelu", lr=0.03),
@@ -133,7 +133,7 @@ def main(argv=None):
                                 g_width=args.g_width, e_width=args.e_width, e_repeats=(1, 1, 1, 1, 1),
                                 d_width=args.d_width, e_activation=args.e_activation, checkpoint_every=100)
         folder = os.path.join(args.out, "r3an", f"{src}_to_{tgt}_{domain}_{preset}")
-        if not finished(folder, cfg.to_dict()):
+        if not finished(folder, cfg.to_dict(), LEGACY_CONFIG):
             print(f"== training {preset} {src} -> {tgt} on domain {domain}", flush=True)
             train_r3an(cfg, folder, device=dev, triples=triples(domain, src, tgt))
         return load_transform(os.path.join(folder, "model.pt"), dev)
@@ -176,12 +176,12 @@ def main(argv=None):
     return 0
 
 
-def finished(folder, config):
+def finished(folder, config, absent=None):
     """True when folder holds a finished model.pt of this config (ValueError if of another one)."""
     path = os.path.join(folder, "model.pt")
     if not os.path.exists(path):
         return False
-    check_same_config(load_checkpoint(path)["config"], config, path)
+    check_same_config(load_checkpoint(path)["config"], config, path, absent)
     return True
 
 

@@ -44,13 +44,15 @@ def load_checkpoint(path, map_location="cpu"):
 RESUME_INDEPENDENT = ("checkpoint_every",)  # config keys that may change between a run and its resume
 
 
-def check_same_config(saved, current, path):
+def check_same_config(saved, current, path, absent=None):
     """Raise ValueError when a checkpoint's config (a dict) differs from the current run's: resuming
-    it would silently mix two runs. Tuples and lists compare equal; keys in RESUME_INDEPENDENT are free,
-    and so are keys one side lacks (a checkpoint from before a config key existed)."""
+    it would silently mix two runs. Tuples and lists compare equal; keys in RESUME_INDEPENDENT are free.
+    absent maps a key to the value a checkpoint written before the key existed was trained with; other
+    keys one side lacks are free."""
     def norm(v):
         return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
-    saved = {k: norm(v) for k, v in dict(saved or {}).items() if k not in RESUME_INDEPENDENT}
+    saved = {**{k: v for k, v in (absent or {}).items() if k in current}, **dict(saved or {})}
+    saved = {k: norm(v) for k, v in saved.items() if k not in RESUME_INDEPENDENT}
     current = {k: norm(v) for k, v in dict(current).items() if k not in RESUME_INDEPENDENT}
     diff = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
     if diff:

@@ -132,6 +132,10 @@ class R3ANConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "extra"}
 
 
+# what a checkpoint written before each of these keys existed was trained with
+LEGACY_CONFIG = {"warmup": 0.0, "recalibrate_bn": False, "e_activation": "relu6"}
+
+
 def config_from_dict(values):
     """R3ANConfig from a checkpoint's config dict (lists back to tuples)."""
     return R3ANConfig(**{k: v for k, v in values.items() if k in {f.name for f in fields(R3ANConfig)}})
@@ -396,7 +400,7 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
     step = 0
     if resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
-        check_same_config(state.get("config"), cfg.to_dict(), ckpt_path)
+        check_same_config(state.get("config"), cfg.to_dict(), ckpt_path, LEGACY_CONFIG)
         model.load_state_dict(state["model"])
         if any("lr_lambdas" not in sched for sched in state["schedulers"].values()):
             raise ValueError(f"{ckpt_path} was written by a fastface without the lr warm-up (a MultiStepLR "
