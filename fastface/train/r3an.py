@@ -403,8 +403,8 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
         check_same_config(state.get("config"), cfg.to_dict(), ckpt_path, LEGACY_CONFIG)
         model.load_state_dict(state["model"])
         if any("lr_lambdas" not in sched for sched in state["schedulers"].values()):
-            raise ValueError(f"{ckpt_path} was written by a fastface without the lr warm-up (a MultiStepLR "
-                             f"schedule) and cannot resume exactly; train into a new out_dir")
+            raise ValueError(f"{ckpt_path} was written by a fastface without the lr warm-up: its schedule state "
+                             f"(MultiStepLR) does not load into today's; train into a new out_dir")
         for k in opts:
             opts[k].load_state_dict(state["optimizers"][k])
             scheds[k].load_state_dict(state["schedulers"][k])
