@@ -5,7 +5,8 @@
 #   whole suite instead of the kernel test files (the CPU-only tests are CI's job).
 # Needs torch (CUDA), triton, pybind11, scikit-build-core, pytest, pytest-benchmark and POT (carry
 # POT's wheel where there is no internet). Each stage has a time limit so that one slow stage cannot
-# eat a short device lease; a failing stage is reported and the next one still runs.
+# eat a short device lease; a failing stage is reported and the next one still runs. The limits add
+# up to more than one 600-s device call: rerun the stages left, with "build" first (incremental).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-.}"
