@@ -5,6 +5,7 @@ from .. import _backend as be
 from .._checks import check_positive, check_same_device, check_tensor
 from ..reference.sinkhorn import OFFICIAL
 from .cost import flatten_pairs, patch_cost
+from .kernel_limits import cuda_emd_pairs_fits
 from .sinkhorn import MODES, sinkhorn
 from .weights import patch_weights, validate_weighting
 
@@ -53,9 +54,8 @@ def fused_ok(impl, mode, dtype, n, m, device=None):
         return False
     if impl == "triton":
         return max(n, m) <= 128
-    if impl == "cuda":  # an upper bound of emd_pairs.cu's shared memory (cost and K tiles + vectors)
-        need = (2 * n * (m + 1) + 19 * (n + m) + 2 + 3 * (n + m) + 32) * 4
-        return need <= 48 * 1024 or need <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    if impl == "cuda":
+        return cuda_emd_pairs_fits(n, m, device)
     return True
 
 

@@ -8,6 +8,7 @@ from .. import _backend as be
 from .._checks import check_positive, check_same_device, check_tensor, check_weights
 from ..reference import sinkhorn_ref
 from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL
+from .kernel_limits import cuda_sinkhorn_needs_plan
 
 MODES = {"auto": AUTO, "kernel": KERNEL, "log": LOG, "official": OFFICIAL}
 GRADS = ("exact", "plan")
@@ -37,10 +38,7 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
         return out
     dt = cost.dtype
     distance = torch.empty(P, dtype=dt, device=cost.device)
-    # CUDA uses the plan buffer as scratch when K does not fit in shared memory (else it
-    # recomputes K from the cost), and its official kernel keeps r / c there for large groups.
-    big = impl == "cuda" and (n * (m + 1) + 3 * (n + m) + 32) * cost.element_size() > 48 * 1024
-    need_plan = want_plan or big or (impl == "cuda" and mode == OFFICIAL)
+    need_plan = want_plan or (impl == "cuda" and cuda_sinkhorn_needs_plan(n, m, dt, mode, cost.device))
     plan = torch.empty(P, n, m, dtype=dt, device=cost.device) if need_plan else None
     f = g = None
     if mode != OFFICIAL:
