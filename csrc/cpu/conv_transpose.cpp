@@ -26,7 +26,7 @@
 #include <sys/mman.h>
 #endif
 
-#include "kernels.h"
+#include "convt_kernels.h"
 
 namespace fastface {
 namespace cpu {

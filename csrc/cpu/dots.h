@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../common/problem.h"
+#include "../common/emd_problem.h"
 
 namespace fastface {
 namespace cpu {

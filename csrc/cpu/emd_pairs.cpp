@@ -4,7 +4,7 @@
 #include <stdexcept>
 
 #include "dots.h"
-#include "kernels.h"
+#include "emd_kernels.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
@@ -104,9 +104,9 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
         fell_back = normalise(wx.data(), n);
         fell_back = normalise(wy.data(), m) || fell_back;
       }
-      SolveResult res = solve_one<float>(cost.data(), wx.data(), wy.data(), n, m, eps,
-                                         args.max_iter, tol, args.mode, sws,
-                                         args.flows ? args.flows + p * n * m : nullptr, nullptr, nullptr);
+      SinkhornSolution res = solve_sinkhorn_problem<float>(
+          cost.data(), wx.data(), wy.data(), n, m, eps, args.max_iter, tol, args.mode, sws,
+          args.flows ? args.flows + p * n * m : nullptr, nullptr, nullptr);
       args.emd[p] = float(res.distance);
       args.n_iter[p] = res.n_iter;
       args.converged[p] = res.converged ? 1 : 0;

@@ -2,7 +2,7 @@
 #include <stdexcept>
 
 #include "dots.h"
-#include "kernels.h"
+#include "emd_kernels.h"
 
 namespace fastface {
 namespace cpu {

@@ -2,7 +2,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "kernels.h"
+#include "emd_kernels.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
@@ -82,10 +82,10 @@ static void sinkhorn_impl(const SinkhornArgs& args, int n_threads) {
     ws.reserve(n, m);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < P; ++p) {
-      SolveResult res = solve_one<T>(cost + p * n * m, a + p * n, b + p * m, n, m, T(args.eps),
-                                     args.max_iter, T(args.tol), args.mode, ws,
-                                     plan ? plan + p * n * m : nullptr, f ? f + p * n : nullptr,
-                                     g ? g + p * m : nullptr);
+      SinkhornSolution res = solve_sinkhorn_problem<T>(
+          cost + p * n * m, a + p * n, b + p * m, n, m, T(args.eps), args.max_iter, T(args.tol),
+          args.mode, ws, plan ? plan + p * n * m : nullptr, f ? f + p * n : nullptr,
+          g ? g + p * m : nullptr);
       static_cast<T*>(args.distance)[p] = T(res.distance);
       args.n_iter[p] = res.n_iter;
       args.converged[p] = res.converged ? 1 : 0;

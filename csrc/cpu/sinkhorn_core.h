@@ -7,7 +7,7 @@
 #include <limits>
 #include <vector>
 
-#include "../common/problem.h"
+#include "../common/emd_problem.h"
 
 namespace fastface {
 namespace cpu {
@@ -21,7 +21,7 @@ struct SinkhornWorkspace {
   }
 };
 
-struct SolveResult {
+struct SinkhornSolution {
   double distance = 0;
   int32_t n_iter = 0;
   bool converged = false;
@@ -77,7 +77,7 @@ inline T reduce_cost(const T* C, int64_t n, int64_t m, SinkhornWorkspace<T>& ws)
 
 template <typename T>
 inline bool kernel_domain(const T* a, const T* b, int64_t n, int64_t m, T eps, int max_iter,
-                          T tol, SinkhornWorkspace<T>& ws, SolveResult& res) {
+                          T tol, SinkhornWorkspace<T>& ws, SinkhornSolution& res) {
   T* K = ws.K.data();  // holds Cr on entry
   const T inv_eps = T(1) / eps;
   for (int64_t t = 0; t < n * m; ++t) K[t] = std::exp(-K[t] * inv_eps);
@@ -120,7 +120,8 @@ inline T lse_strided(const T* z, int64_t len, int64_t stride) {
 
 template <typename T>
 inline void log_domain(const T* Cr, const T* a, const T* b, int64_t n, int64_t m, T eps,
-                       int max_iter, T tol, SinkhornWorkspace<T>& ws, SolveResult& res) {
+                       int max_iter, T tol, SinkhornWorkspace<T>& ws,
+                       SinkhornSolution& res) {
   // ws.u / ws.v hold f / g, ws.row_lse the row log-sum-exps reused by the next f update.
   const T inv_eps = T(1) / eps;
   T *f = ws.u.data(), *g = ws.v.data(), *R = ws.row_lse.data();
@@ -155,10 +156,11 @@ inline void log_domain(const T* Cr, const T* a, const T* b, int64_t n, int64_t m
 
 // Solves one problem. C (n, m), a (n), b (m). Writes plan / f / g when non-null.
 template <typename T>
-inline SolveResult solve_one(const T* C, const T* a, const T* b, int64_t n, int64_t m, T eps,
-                             int max_iter, T tol, SinkhornMode mode, SinkhornWorkspace<T>& ws,
-                             T* plan, T* f_out, T* g_out) {
-  SolveResult res;
+inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* b, int64_t n,
+                                               int64_t m, T eps, int max_iter, T tol,
+                                               SinkhornMode mode, SinkhornWorkspace<T>& ws,
+                                               T* plan, T* f_out, T* g_out) {
+  SinkhornSolution res;
   const T max_cr = reduce_cost(C, n, m, ws);
   bool use_log = mode == SinkhornMode::Log ||
                  (mode == SinkhornMode::Auto && max_cr / eps > T(kLogDomainThreshold));

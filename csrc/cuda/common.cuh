@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "../common/problem.h"
+#include "../common/dtype.h"
 
 namespace fastface {
 namespace cuda {

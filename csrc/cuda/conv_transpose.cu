@@ -26,7 +26,7 @@
 #include <type_traits>
 
 #include "common.cuh"
-#include "launchers.h"
+#include "convt_launchers.h"
 
 namespace fastface {
 namespace cuda {

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "gemm_tile.cuh"
-#include "launchers.h"
+#include "emd_launchers.h"
 #include "sinkhorn_core.cuh"
 
 namespace fastface {

@@ -4,7 +4,7 @@
 #include <stdexcept>
 
 #include "gemm_tile.cuh"
-#include "launchers.h"
+#include "emd_launchers.h"
 
 namespace fastface {
 namespace cuda {

@@ -6,7 +6,7 @@
 #include <string>
 #include <type_traits>
 
-#include "launchers.h"
+#include "emd_launchers.h"
 #include "sinkhorn_core.cuh"
 
 namespace fastface {

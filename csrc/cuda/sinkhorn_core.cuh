@@ -3,6 +3,7 @@
 // beta_j, kernel or log domain, auto switch to the log domain, per-problem stop on the L1
 // row-marginal error). Every function here is block-wide: all threads call it, uniformly.
 #pragma once
+#include "../common/emd_problem.h"
 #include "common.cuh"
 
 namespace fastface {
