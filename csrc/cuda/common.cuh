@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +14,15 @@
 
 namespace fastface {
 namespace cuda {
+
+// The calling block's dynamic shared memory as `unsigned char name[]`, 16-byte aligned. The host
+// emulator (tests/cuda_emu) hands out a per-block buffer instead.
+#ifdef FASTFACE_CUDA_EMULATION
+#define FASTFACE_DYNAMIC_SMEM(name) \
+  unsigned char* name = reinterpret_cast<unsigned char*>(fastface_emu_dynamic_smem())
+#else
+#define FASTFACE_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 // ---- element loads: float / half / bfloat16 accumulate in float, double in double ----
 __device__ __forceinline__ float to_acc(float v) { return v; }
@@ -111,12 +121,62 @@ inline size_t max_smem_optin() {
   return size_t(v);
 }
 
-// Lets a kernel use more than the default 48 KB of dynamic shared memory.
-template <typename K>
-inline void allow_smem(K* kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    check_call(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+// Lets KERNEL use the device's whole opt-in dynamic shared memory: set once per kernel and
+// device (thread-safe), so that no launch ever changes the attribute another launch relies on.
+template <auto KERNEL>
+inline void allow_max_smem() {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag done[kMaxDevices];
+  int dev = 0;
+  check_call(cudaGetDevice(&dev), "cudaGetDevice");
+  auto set = [] {
+    check_call(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, int(max_smem_optin())),
                "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  };
+  if (dev >= 0 && dev < kMaxDevices)
+    std::call_once(done[dev], set);  // a throw leaves the flag unset: the next launch retries
+  else
+    set();  // the same value every time: idempotent
+}
+
+// Launch geometry: grid and block sizes, dynamic shared memory, cluster size (1: no cluster),
+// cooperative (every block resident at once, or the launch fails).
+struct LaunchShape {
+  int64_t grid;
+  int block;
+  size_t smem = 0;
+  int cluster = 1;
+  bool cooperative = false;
+};
+
+// Launches kernel on st and throws naming the kernel on failure. Arguments are coerced to the
+// kernel's parameter types (cudaLaunchKernelEx).
+template <typename... P, typename... A>
+void launch_kernel(const char* name, void (*kernel)(P...), const LaunchShape& shape, cudaStream_t st,
+                   const A&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(shape.grid));
+  cfg.blockDim = dim3(unsigned(shape.block));
+  cfg.dynamicSmemBytes = shape.smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attrs[2];
+  unsigned n_attrs = 0;
+  if (shape.cluster > 1) {
+    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[n_attrs].val.clusterDim.x = unsigned(shape.cluster);
+    attrs[n_attrs].val.clusterDim.y = 1;
+    attrs[n_attrs].val.clusterDim.z = 1;
+    ++n_attrs;
+  }
+  if (shape.cooperative) {
+    attrs[n_attrs].id = cudaLaunchAttributeCooperative;
+    attrs[n_attrs].val.cooperative = 1;
+    ++n_attrs;
+  }
+  cfg.attrs = n_attrs ? attrs : nullptr;
+  cfg.numAttrs = n_attrs;
+  check_call(cudaLaunchKernelEx(&cfg, kernel, args...), name);
+  check_launch(name);
 }
 
 // Grid size for a grid-stride loop over `work` items (kernels loop, so capping is safe).

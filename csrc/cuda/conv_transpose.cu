@@ -145,11 +145,7 @@ template <typename Tio>
 __global__ void __launch_bounds__(kChainThreads) convt_chain_kernel(const ChainLaunch p,
                                                                    const Tio* __restrict__ x,
                                                                    Tio* __restrict__ y) {
-#ifdef FASTFACE_CUDA_EMULATION  // tests/cuda_emu: the block's buffer in the host emulator
-  float4* chain_smem = fastface_emu_dynamic_smem();
-#else
-  extern __shared__ float4 chain_smem[];
-#endif
+  FASTFACE_DYNAMIC_SMEM(chain_smem);
   float* act_in = reinterpret_cast<float*>(chain_smem);  // (Cin, hin, win) of the current layer
   float* act_out = act_in + p.in_floats;                 // this block's rows of its output
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -370,29 +366,6 @@ __global__ void normalize_kernel(const Tin* __restrict__ x, float* __restrict__ 
 
 // ================================ host side =====================================================
 
-// Launch kernel on st as clusters of cs blocks (cs = 1: no cluster attribute); throws on failure.
-// (cudaLaunchKernelEx coerces args to the kernel's parameter types.)
-template <typename... P, typename... A>
-void launch(void (*kernel)(P...), int64_t grid, int block, size_t smem, cudaStream_t st, int cs,
-            const char* name, const A&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(grid));
-  cfg.blockDim = dim3(unsigned(block));
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  if (cs > 1) {
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = unsigned(cs);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
-  check_call(cudaLaunchKernelEx(&cfg, kernel, args...), name);
-  check_launch(name);
-}
-
 DevLayer to_dev(const ConvTLayer& L) {
   DevLayer d;
   d.w = L.weight; d.bias = L.bias; d.ps = L.post_scale; d.pt = L.post_shift;
@@ -470,7 +443,7 @@ void chain_sizes(const ConvTChainArgs& a, int cs, int& in_floats, int& slice_flo
 template <typename Tio>
 cudaError_t prepare_chain(int cs, size_t smem, int* max_clusters) {
   auto kernel = convt_chain_kernel<Tio>;
-  allow_smem(kernel, smem);
+  allow_max_smem<convt_chain_kernel<Tio>>();
   if (cs > 8) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return e;
@@ -595,8 +568,8 @@ void launch_layer(const ConvTLayer& L, int64_t B, const void* x, void* y, cudaSt
   p.co_tiles = int((L.cout + kBN - 1) / kBN);
   p.batch_inner = L.hin * L.win <= 4 ? 1 : 0;  // tiny planes: a tile's pixels share their tap
   const int64_t total = p.tiles_per_phase * p.co_tiles * L.sh * L.sw;
-  launch(convt_layer_kernel<Tin, Tout>, grid_for(total), kLayerThreads, 0, st, 1,
-         "convt_layer_kernel", p, static_cast<const Tin*>(x), static_cast<Tout*>(y));
+  launch_kernel("convt_layer_kernel", convt_layer_kernel<Tin, Tout>, LaunchShape{grid_for(total), kLayerThreads},
+                st, p, static_cast<const Tin*>(x), static_cast<Tout*>(y));
 }
 
 template <typename Tio>
@@ -613,8 +586,8 @@ void run(const ConvTChainArgs& a, const DeviceInfo& dev, cudaStream_t st) {
     chain_sizes(a, d.cs, p.in_floats, p.slice_floats, smem);
     p.B = a.B;
     check_call(prepare_chain<Tio>(d.cs, smem, nullptr), "cudaFuncSetAttribute(convt_chain_kernel)");
-    launch(convt_chain_kernel<Tio>, std::min<int64_t>(a.B, d.active) * d.cs, kChainThreads, smem, st,
-           d.cs, "convt_chain_kernel", p, x, y);
+    launch_kernel("convt_chain_kernel", convt_chain_kernel<Tio>,
+                  LaunchShape{std::min<int64_t>(a.B, d.active) * d.cs, kChainThreads, smem, d.cs}, st, p, x, y);
     return;
   }
   int64_t buf_floats = 0, norm_floats = 0;
@@ -631,8 +604,8 @@ void run(const ConvTChainArgs& a, const DeviceInfo& dev, cudaStream_t st) {
   if (a.normalize_input) {
     const ConvTLayer& f = a.layers[0];
     const int64_t warps = a.B * f.hin * f.win;
-    launch(normalize_kernel<Tio>, grid_for((warps + 7) / 8), 256, 0, st, 1, "normalize_kernel", x,
-           normed, a.B, int(f.cin), int(f.hin * f.win));
+    launch_kernel("normalize_kernel", normalize_kernel<Tio>, LaunchShape{grid_for((warps + 7) / 8), 256}, st, x,
+                  normed, a.B, int(f.cin), int(f.hin * f.win));
     cur = normed;
     cur_float = true;
   }

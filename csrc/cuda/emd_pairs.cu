@@ -24,8 +24,6 @@ struct EmdParams {
   int64_t C;
   int weighting, mode, max_iter;
   float eps, tol;
-  const float* wx;     // (P, n) External
-  const float* wy;     // (P, m) External
   float* emd;          // (P,)
   float* flows;        // (P, n, m) or null
   int32_t* n_iter;
@@ -35,18 +33,17 @@ struct EmdParams {
 
 // Dynamic shared layout (bytes): red (32 doubles) | A: gemm staging, later the K / Cr buffer
 // (n, ld) | cost (n, ld) | norms (n + m) + 2 row-sum squared norms | solver vectors.
-// LIVE (too large for shared memory): no K / cost buffers; the cost lives in flows.
 struct EmdLayout {
   Dims d;
   bool fast;  // n, m <= 64: tiled GEMM; else one dot product per thread
   size_t off_a, off_c, off_misc, off_core, bytes;
 };
 
-__host__ __device__ inline EmdLayout emd_layout(int n, int m, bool live) {
+__host__ __device__ inline EmdLayout emd_layout(int n, int m) {
   EmdLayout L;
   L.fast = n <= kTile && m <= kTile;
   L.d = make_dims(n, m, m | 1, kGemmThreads);
-  const size_t kb = live ? 0 : size_t(n) * L.d.ld * sizeof(float);
+  const size_t kb = size_t(n) * L.d.ld * sizeof(float);
   const size_t gb = L.fast ? sizeof(GemmSmem<float>) : 0;
   size_t off = kRedBytes;
   L.off_a = off;
@@ -103,11 +100,11 @@ __device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C,
   }
 }
 
-template <typename Tin, bool LIVE>
+template <typename Tin>
 __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, t = threadIdx.x, nt = blockDim.x;
-  const EmdLayout L = emd_layout(n, m, LIVE);
+  const EmdLayout L = emd_layout(n, m);
   const Dims& d = L.d;
   double* red = reinterpret_cast<double*>(smem);
   GemmSmem<float>& gs = *reinterpret_cast<GemmSmem<float>*>(smem + L.off_a);
@@ -123,8 +120,8 @@ __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q)
     const Tin* X = static_cast<const Tin*>(q.x) + (p / q.k) * n * q.C;  // (n, C)
     const int64_t yrow = q.idx ? q.idx[p] : p;
     const Tin* Y = static_cast<const Tin*>(q.y) + yrow * m * q.C;      // (m, C)
-    float* cb = LIVE ? q.flows + p * nm : cs;  // (n, ldb): dot products, then the cost
-    const int ldb = LIVE ? m : d.ld;
+    float* cb = cs;  // (n, ldb): dot products, then the cost
+    const int ldb = d.ld;
 
     // 1. Dot products D, norms, squared norms of the row sums.
     if (L.fast) {
@@ -189,9 +186,6 @@ __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q)
         const float v = combine<float, SumOp>(s.ps, d.sc, m, j);
         s.wb[j] = v > 0.f ? v : 0.f;
       }
-    } else if (q.weighting == int(Weighting::External)) {
-      for (int i = t; i < n; i += nt) s.wa[i] = q.wx[p * n + i];
-      for (int j = t; j < m; j += nt) s.wb[j] = q.wy[p * m + j];
     } else if (!apc) {  // Uniform
       for (int i = t; i < n; i += nt) s.wa[i] = 1.f / float(n);
       for (int j = t; j < m; j += nt) s.wb[j] = 1.f / float(m);
@@ -218,19 +212,12 @@ __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q)
     }
     __syncthreads();
 
-    // 3. Sinkhorn; the plan goes to flows when asked (LIVE: over the cost, slot by slot).
+    // 3. Sinkhorn; the plan goes to flows when asked.
     const CostRef<float> cost{cb, ldb};
-    SolveOut r;
-    if constexpr (LIVE) {
-      const LiveKS<float> ks{cb, ldb, s.alpha, s.beta, q.eps};
-      r = solve<float, false, false>(d, ks, cost, static_cast<float*>(nullptr), s, q.eps, q.max_iter, q.tol,
-                              q.mode, cb, static_cast<float*>(nullptr), static_cast<float*>(nullptr));
-    } else {
-      const BufKS<float> ks{kbuf, d.ld};
-      r = solve<float, true, true>(d, ks, cost, kbuf, s, q.eps, q.max_iter, q.tol, q.mode,
-                             q.flows ? q.flows + p * nm : static_cast<float*>(nullptr),
-                             static_cast<float*>(nullptr), static_cast<float*>(nullptr));
-    }
+    const BufKS<float> ks{kbuf, d.ld};
+    const SolveOut r = solve<float, true, true>(d, ks, cost, kbuf, s, q.eps, q.max_iter, q.tol, q.mode,
+                                                q.flows ? q.flows + p * nm : static_cast<float*>(nullptr),
+                                                static_cast<float*>(nullptr), static_cast<float*>(nullptr));
     if (t == 0) {
       q.emd[p] = float(r.dist);
       q.n_iter[p] = r.iters;
@@ -244,22 +231,13 @@ __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q)
 template <typename Tin>
 void launch(const EmdParams& q, cudaStream_t st) {
   const size_t limit = max_smem_optin();
-  const unsigned grid = grid_for(q.P);
-  const EmdLayout L = emd_layout(q.n, q.m, false);
-  if (L.bytes <= limit) {
-    allow_smem(emd_pairs_kernel<Tin, false>, L.bytes);
-    emd_pairs_kernel<Tin, false><<<grid, kGemmThreads, L.bytes, st>>>(q);
-    return check_launch("emd_pairs_kernel");
-  }
-  const EmdLayout LL = emd_layout(q.n, q.m, true);
-  if (q.flows && LL.bytes <= limit) {  // cost computed into flows, K recomputed from it
-    allow_smem(emd_pairs_kernel<Tin, true>, LL.bytes);
-    emd_pairs_kernel<Tin, true><<<grid, kGemmThreads, LL.bytes, st>>>(q);
-    return check_launch("emd_pairs_kernel");
-  }
-  throw std::invalid_argument("emd_pairs: n*m too large for the fused CUDA path (needs " +
-                              std::to_string(L.bytes) + " bytes of shared memory, the device allows " +
-                              std::to_string(limit) + "); pass flows or use the unfused path");
+  const EmdLayout L = emd_layout(q.n, q.m);
+  if (L.bytes > limit)
+    throw std::invalid_argument("emd_pairs (cuda): n, m = " + std::to_string(q.n) + ", " + std::to_string(q.m) +
+                                " need " + std::to_string(L.bytes) + " bytes of shared memory, the device allows " +
+                                std::to_string(limit) + "; use the unfused path (cost, weights, sinkhorn)");
+  allow_max_smem<emd_pairs_kernel<Tin>>();
+  launch_kernel("emd_pairs_kernel", emd_pairs_kernel<Tin>, LaunchShape{grid_for(q.P), kGemmThreads, L.bytes}, st, q);
 }
 
 }  // namespace
@@ -272,8 +250,9 @@ void emd_pairs(const EmdPairsArgs& args, void* stream) {
   if (args.C < 0) throw std::invalid_argument("emd_pairs: C must be >= 0");
   if (args.n * (args.m + 1) >= (int64_t(1) << 31))
     throw std::invalid_argument("emd_pairs (cuda): n * m too large (>= 2^31 per pair)");
-  if (args.weighting == Weighting::External && (!args.wx_in || !args.wy_in))
-    throw std::invalid_argument("emd_pairs: external weighting needs wx and wy");
+  if (args.weighting != Weighting::Uniform && args.weighting != Weighting::APC &&
+      args.weighting != Weighting::SC)
+    throw std::invalid_argument("emd_pairs (cuda): weighting must be uniform, apc or sc");
   EmdParams q;
   q.x = args.x;
   q.y = args.y;
@@ -288,8 +267,6 @@ void emd_pairs(const EmdPairsArgs& args, void* stream) {
   q.max_iter = args.max_iter;
   q.eps = float(args.eps);
   q.tol = float(args.tol);
-  q.wx = args.wx_in;
-  q.wy = args.wy_in;
   q.emd = args.emd;
   q.flows = args.flows;
   q.n_iter = args.n_iter;

@@ -51,10 +51,9 @@ void launch(const PatchCostArgs& a, cudaStream_t st) {
   const int n = int(a.n), m = int(a.m);
   const int tn = (n + kTile - 1) / kTile, tm = (m + kTile - 1) / kTile;
   const unsigned grid = grid_for(a.P * tn * tm);
-  patch_cost_kernel<Tin, Acc><<<grid, kGemmThreads, 0, st>>>(
-      static_cast<const Tin*>(a.x), static_cast<const Tin*>(a.y), static_cast<Acc*>(a.out), a.P,
-      a.rep, n, m, a.C, tn, tm);
-  check_launch("patch_cost_kernel");
+  launch_kernel("patch_cost_kernel", patch_cost_kernel<Tin, Acc>, LaunchShape{grid, kGemmThreads}, st,
+                static_cast<const Tin*>(a.x), static_cast<const Tin*>(a.y), static_cast<Acc*>(a.out), a.P,
+                a.rep, n, m, a.C, tn, tm);
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ int pick_threads(int64_t n, int64_t m) {
 // REG: launched with kRegThreads threads for n, m <= kRegDim (K in registers).
 template <typename T, int STORE, bool REG>
 __global__ void __launch_bounds__(REG ? kRegThreads : 256, 4) sinkhorn_kernel(SkParams q) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, tid = threadIdx.x, nt = blockDim.x;
   const Dims d = make_dims(n, m, STORE == kSmemK ? (m | 1) : m, nt);
   double* red = reinterpret_cast<double*>(smem);
@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(REG ? kRegThreads : 256, 4) sinkhorn_kernel(Sk
 // Shared layout: red | part (pl) | wr (n) | wc (m) | group r, c (G * (n + m)) if SMEM_RC.
 template <typename T, bool SMEM_RC>
 __global__ void __launch_bounds__(256) sinkhorn_official_kernel(SkParams q) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, tid = threadIdx.x, nt = blockDim.x;
   const Dims d = make_dims(n, m, m, nt);
   double* red = reinterpret_cast<double*>(smem);
@@ -186,13 +186,13 @@ void launch_official(const SkParams& q, cudaStream_t st) {
   const size_t limit = max_smem_optin();
   const unsigned grid = grid_for(q.P / q.group);
   if (with_rc <= limit) {
-    allow_smem(sinkhorn_official_kernel<T, true>, with_rc);
-    sinkhorn_official_kernel<T, true><<<grid, threads, with_rc, st>>>(q);
+    allow_max_smem<sinkhorn_official_kernel<T, true>>();
+    launch_kernel("sinkhorn_official_kernel", sinkhorn_official_kernel<T, true>, LaunchShape{grid, threads, with_rc}, st, q);
     return check_launch("sinkhorn_official_kernel");
   }
   if (q.plan && int64_t(q.n) * q.m >= int64_t(q.n) + q.m && base <= limit) {
-    allow_smem(sinkhorn_official_kernel<T, false>, base);
-    sinkhorn_official_kernel<T, false><<<grid, threads, base, st>>>(q);
+    allow_max_smem<sinkhorn_official_kernel<T, false>>();
+    launch_kernel("sinkhorn_official_kernel", sinkhorn_official_kernel<T, false>, LaunchShape{grid, threads, base}, st, q);
     return check_launch("sinkhorn_official_kernel");
   }
   if (base > limit)
@@ -233,11 +233,11 @@ void launch(const SinkhornArgs& args, cudaStream_t st) {
   size_t bytes = sk_smem_bytes<T>(d, kSmemK);
   if (bytes <= limit) {
     if (std::is_same<T, float>::value && threads == kRegThreads && q.n <= kRegDim && q.m <= kRegDim) {
-      allow_smem(sinkhorn_kernel<T, kSmemK, true>, bytes);
-      sinkhorn_kernel<T, kSmemK, true><<<grid, threads, bytes, st>>>(q);
+      allow_max_smem<sinkhorn_kernel<T, kSmemK, true>>();
+      launch_kernel("sinkhorn_kernel", sinkhorn_kernel<T, kSmemK, true>, LaunchShape{grid, threads, bytes}, st, q);
     } else {
-      allow_smem(sinkhorn_kernel<T, kSmemK, false>, bytes);
-      sinkhorn_kernel<T, kSmemK, false><<<grid, threads, bytes, st>>>(q);
+      allow_max_smem<sinkhorn_kernel<T, kSmemK, false>>();
+      launch_kernel("sinkhorn_kernel", sinkhorn_kernel<T, kSmemK, false>, LaunchShape{grid, threads, bytes}, st, q);
     }
     return check_launch("sinkhorn_kernel");
   }
@@ -250,11 +250,11 @@ void launch(const SinkhornArgs& args, cudaStream_t st) {
                                 std::to_string(bytes) + " bytes of shared memory, the device allows " +
                                 std::to_string(limit));
   if (args.plan) {
-    allow_smem(sinkhorn_kernel<T, kPlanK, false>, bytes);
-    sinkhorn_kernel<T, kPlanK, false><<<grid, threads, bytes, st>>>(q);
+    allow_max_smem<sinkhorn_kernel<T, kPlanK, false>>();
+    launch_kernel("sinkhorn_kernel", sinkhorn_kernel<T, kPlanK, false>, LaunchShape{grid, threads, bytes}, st, q);
   } else {
-    allow_smem(sinkhorn_kernel<T, kLiveK, false>, bytes);
-    sinkhorn_kernel<T, kLiveK, false><<<grid, threads, bytes, st>>>(q);
+    allow_max_smem<sinkhorn_kernel<T, kLiveK, false>>();
+    launch_kernel("sinkhorn_kernel", sinkhorn_kernel<T, kLiveK, false>, LaunchShape{grid, threads, bytes}, st, q);
   }
   check_launch("sinkhorn_kernel");
 }

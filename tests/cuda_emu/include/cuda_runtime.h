@@ -27,7 +27,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #ifndef __CUDA_ARCH__
@@ -97,6 +97,11 @@ inline double __longlong_as_double(long long i) {
 }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+// The device min / max of CUDA's math headers.
+template <typename T>
+inline T min(T a, T b) { return b < a ? b : a; }
+template <typename T>
+inline T max(T a, T b) { return a < b ? b : a; }
 
 // The built-in variables, per emulated thread.
 inline thread_local uint3 threadIdx, blockIdx;
@@ -143,6 +148,8 @@ struct FuncAttrs {
 };
 inline std::mutex attrs_mu;
 inline std::map<const void*, FuncAttrs> attrs;
+inline std::atomic<int> smem_attr_sets{0};   // cudaFuncSetAttribute(MaxDynamicSharedMemorySize) calls
+inline std::atomic<int> smem_attr_below{0};  // ... of them with a value below the device maximum
 inline thread_local int last_error = 0;
 
 }  // namespace emu
@@ -178,6 +185,13 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
   return r;
 }
 
+// ---- atomics (sequentially consistent) and fences ----
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  return std::atomic_ref<T>(*p).fetch_add(v);
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
 // ---- runtime API subset ----
 using cudaError_t = int;
 enum : int {
@@ -185,6 +199,7 @@ enum : int {
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorClusterOutOfResources = 10,
+  cudaErrorCooperativeLaunchTooLarge = 82,
 };
 typedef struct CUstream_st* cudaStream_t;
 
@@ -194,6 +209,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument (emulated)";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument (emulated)";
     case cudaErrorClusterOutOfResources: return "cluster out of resources (emulated)";
+    case cudaErrorCooperativeLaunchTooLarge: return "cooperative launch too large (emulated)";
   }
   return "unknown error (emulated)";
 }
@@ -230,7 +246,10 @@ inline cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribute a, int v) {
   std::lock_guard<std::mutex> lock(emu::attrs_mu);
   emu::FuncAttrs& f = emu::attrs[reinterpret_cast<const void*>(func)];
   if (a == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (v > emu::env_int("FF_EMU_SMEM_OPTIN", 232448)) return cudaErrorInvalidValue;
+    const int optin = emu::env_int("FF_EMU_SMEM_OPTIN", 232448);
+    if (v > optin) return cudaErrorInvalidValue;
+    ++emu::smem_attr_sets;
+    if (v < optin) ++emu::smem_attr_below;
     f.max_dynamic_smem = v;
   } else {
     if (emu::env_int("FF_EMU_CC_MAJOR", 9) < 9) return cudaErrorInvalidValue;
@@ -239,11 +258,12 @@ inline cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribute a, int v) {
   return cudaSuccess;
 }
 
-enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+enum cudaLaunchAttributeID { cudaLaunchAttributeCooperative = 2, cudaLaunchAttributeClusterDimension = 4 };
 struct cudaLaunchAttributeValue {
   struct {
     unsigned x, y, z;
   } clusterDim;
+  int cooperative;
 };
 struct cudaLaunchAttribute {
   cudaLaunchAttributeID id;
@@ -259,6 +279,15 @@ struct cudaLaunchConfig_t {
 
 namespace emu {
 
+// Resident blocks per SM of any kernel (the emulator does not model registers or shared memory).
+inline int blocks_per_sm() { return env_int("FF_EMU_BLOCKS_PER_SM", 4); }
+
+inline bool is_cooperative(const cudaLaunchConfig_t* cfg) {
+  for (unsigned i = 0; i < cfg->numAttrs; ++i)
+    if (cfg->attrs[i].id == cudaLaunchAttributeCooperative && cfg->attrs[i].val.cooperative) return true;
+  return false;
+}
+
 // Check a launch configuration as the driver would; return its cluster size (or an error < 0).
 inline int check_config(const void* func, const cudaLaunchConfig_t* cfg) {
   int cs = 1;
@@ -267,6 +296,8 @@ inline int check_config(const void* func, const cudaLaunchConfig_t* cfg) {
       if (cfg->attrs[i].val.clusterDim.y != 1 || cfg->attrs[i].val.clusterDim.z != 1) return -cudaErrorInvalidValue;
       cs = int(cfg->attrs[i].val.clusterDim.x);
     }
+  if (is_cooperative(cfg) && cfg->gridDim.x > unsigned(env_int("FF_EMU_SMS", 132) * blocks_per_sm()))
+    return -cudaErrorCooperativeLaunchTooLarge;
   FuncAttrs f;
   {
     std::lock_guard<std::mutex> lock(attrs_mu);
@@ -283,38 +314,43 @@ inline int check_config(const void* func, const cudaLaunchConfig_t* cfg) {
   return cs;
 }
 
+// Runs the grid cluster after cluster (a cooperative grid: every block at once).
 template <typename Fn>
 void run_grid(const cudaLaunchConfig_t* cfg, int cs, Fn&& body) {
   const unsigned nthreads = cfg->blockDim.x, grid = cfg->gridDim.x;
-  for (unsigned c0 = 0; c0 < grid; c0 += unsigned(cs)) {
+  const unsigned together = is_cooperative(cfg) ? grid : unsigned(cs);  // blocks running at once
+  for (unsigned c0 = 0; c0 < grid; c0 += together) {
     std::vector<std::unique_ptr<Block>> blocks;
-    Cluster cluster;
-    cluster.bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads) * cs);
-    for (int r = 0; r < cs; ++r) {
+    std::vector<std::unique_ptr<Cluster>> clusters;
+    for (unsigned r = 0; r < together; ++r) {
+      if (r % unsigned(cs) == 0) {
+        clusters.push_back(std::make_unique<Cluster>());
+        clusters.back()->bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads) * cs);
+      }
       auto b = std::make_unique<Block>();
       b->bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads));
       b->smem.assign(cfg->dynamicSmemBytes + 16, char(0xff));  // NaN floats
       b->warps = std::vector<Warp>(nthreads / 32);
       for (auto& w : b->warps) w.bar = std::make_unique<std::barrier<>>(32);
-      cluster.blocks.push_back(b.get());
+      clusters.back()->blocks.push_back(b.get());
       blocks.push_back(std::move(b));
     }
     std::vector<std::thread> threads;
-    threads.reserve(size_t(nthreads) * cs);
-    for (int r = 0; r < cs; ++r)
+    threads.reserve(size_t(nthreads) * together);
+    for (unsigned r = 0; r < together; ++r)
       for (unsigned t = 0; t < nthreads; ++t)
         threads.emplace_back([&, r, t] {
           ctx.tid = uint3{t, 0, 0};
-          ctx.bid = uint3{c0 + unsigned(r), 0, 0};
+          ctx.bid = uint3{c0 + r, 0, 0};
           ctx.bdim = cfg->blockDim;
           ctx.gdim = cfg->gridDim;
           ::threadIdx = ctx.tid;
           ::blockIdx = ctx.bid;
           ::blockDim = ctx.bdim;
           ::gridDim = ctx.gdim;
-          ctx.block = cluster.blocks[size_t(r)];
-          ctx.cluster = &cluster;
-          ctx.rank = r;
+          ctx.block = blocks[r].get();
+          ctx.cluster = clusters[r / unsigned(cs)].get();
+          ctx.rank = int(r % unsigned(cs));
           body();
         });
     for (auto& th : threads) th.join();
@@ -322,6 +358,12 @@ void run_grid(const cudaLaunchConfig_t* cfg, int cs, Fn&& body) {
 }
 
 }  // namespace emu
+
+template <typename T>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, T*, int, size_t) {
+  *n = emu::blocks_per_sm();
+  return cudaSuccess;
+}
 
 template <typename T>
 inline cudaError_t cudaOccupancyMaxActiveClusters(int* n, T* func, const cudaLaunchConfig_t* cfg) {

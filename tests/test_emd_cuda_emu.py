@@ -1,0 +1,230 @@
+"""The CUDA Sinkhorn, emd_pairs and patch_cost kernels and launchers, run on the CPU by the host emulator.
+
+tests/cuda_emu builds csrc/cuda/{sinkhorn,emd_pairs,patch_cost}.cu with g++ against fake CUDA
+headers (a thread per CUDA thread, real barriers and warp shuffles, NaN-filled shared memory, the
+driver's launch limits) and the results are compared with the C++ CPU kernels (fastface._C
+*_cpu) on the same raw inputs, so every launcher path (K in registers / shared memory / the plan
+buffer, official mode, fp16 input, n or m > 64, n = m = 1, zero weights) runs where no GPU exists.
+Timing means nothing here; on a GPU the same paths run for real in tests/test_sinkhorn.py.
+"""
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from fastface import _backend as be
+from fastface.reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU = ROOT / "tests" / "cuda_emu"
+ENV_KEYS = ("FF_EMU_SMEM_OPTIN", "FF_EMU_SMS", "FF_EMU_BLOCKS_PER_SM")
+UNIFORM, APC, SC = 0, 1, 2
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found (host CUDA emulator)")
+
+
+@pytest.fixture(scope="module")
+def emu_so(tmp_path_factory):
+    """Build the emulator library once per run (a compile error fails the tests)."""
+    out = tmp_path_factory.mktemp("cuda_emu_emd") / "libffemu_emd.so"
+    cmd = ["g++", "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
+           "-DFASTFACE_CUDA_EMULATION", f"-I{EMU / 'include'}", str(EMU / "emu_emd.cpp"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return out
+
+
+class Emulator:
+    """The emulated CUDA launchers with fresh static state (attribute flags) per instance."""
+
+    count = 0
+
+    def __init__(self, so, **env):
+        Emulator.count += 1
+        path = so.with_name(f"libffemu_emd_{Emulator.count}.so")
+        shutil.copy(so, path)
+        self.lib = ctypes.CDLL(str(path))
+        self.lib.ff_emu_error.restype = ctypes.c_char_p
+        self.env = {k: str(v) for k, v in env.items()}
+
+    def call(self, name, *args):
+        """Run ff_emu_<name>(*args) under this instance's device properties; ValueError on failure."""
+        saved = {k: os.environ.get(k) for k in ENV_KEYS}
+        os.environ.update(self.env)
+        try:
+            conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]
+            fn = getattr(self.lib, f"ff_emu_{name}")
+            fn.argtypes = [type(c) for c in conv]
+            if fn(*conv) != 0:
+                raise ValueError(self.lib.ff_emu_error().decode())
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _int_args(args):
+    """ctypes passes every integer as int64: fine for the int parameters on x86-64 / aarch64 too."""
+    return args
+
+
+def run_sinkhorn(fn, cost, a, b, eps, max_iter, tol, mode, group=1, want_plan=True, want_fg=True):
+    """Call a sinkhorn launcher (the CPU kernel or the emulated CUDA one) with fresh NaN outputs."""
+    P, n, m = cost.shape
+    dt = cost.dtype
+    out = dict(distance=torch.full((P,), float("nan"), dtype=dt),
+               plan=torch.full((P, n, m), float("nan"), dtype=dt) if want_plan else None,
+               f=torch.full((P, n), float("nan"), dtype=dt) if want_fg and mode != OFFICIAL else None,
+               g=torch.full((P, m), float("nan"), dtype=dt) if want_fg and mode != OFFICIAL else None,
+               n_iter=torch.full((P,), -1, dtype=torch.int32), converged=torch.full((P,), 7, dtype=torch.uint8))
+    fn(be.ptr(cost), be.ptr(a), be.ptr(b), P, n, m, float(eps), int(max_iter), float(tol), mode, group,
+       be.DTYPE_CODES[dt], *(be.ptr(out[k]) for k in ("distance", "plan", "f", "g", "n_iter", "converged")))
+    return out
+
+
+def cpu_sinkhorn(*args, **kw):
+    return run_sinkhorn(lambda *a: be._C.sinkhorn_cpu(*a, 1), *args, **kw)
+
+
+def emu_sinkhorn(emu, *args, **kw):
+    return run_sinkhorn(lambda *a: emu.call("sinkhorn", *a), *args, **kw)
+
+
+def check_same(got, want, rtol, atol):
+    for key, w in want.items():
+        if w is None:
+            assert got[key] is None, key
+            continue
+        if key in ("n_iter", "converged"):
+            assert torch.equal(got[key], w), (key, got[key], w)
+        else:
+            assert_close(got[key], w, rtol=rtol, atol=atol, msg=lambda s: f"{key}: {s}")
+
+
+def problems(gen, P, n, m, dtype, zero_weights=False):
+    cost = torch.rand(P, n, m, generator=gen, dtype=torch.float64)
+    a = torch.rand(P, n, generator=gen, dtype=torch.float64) + 0.05
+    b = torch.rand(P, m, generator=gen, dtype=torch.float64) + 0.05
+    if zero_weights and n > 1 and m > 1:
+        a[:, ::3] = 0
+        b[:, 1::2] = 0
+    a /= a.sum(-1, keepdim=True)
+    b /= b.sum(-1, keepdim=True)
+    return cost.to(dtype), a.to(dtype), b.to(dtype)
+
+
+TOL = {torch.float32: dict(rtol=2e-4, atol=1e-5), torch.float64: dict(rtol=1e-9, atol=1e-12)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 9), (5, 7), (37, 45), (70, 19)])
+def test_sinkhorn_modes_match_cpu(emu_so, gen, dtype, n, m):
+    """K in registers (37 x 45, float32), in shared memory (the rest); n > 64; n = m = 1."""
+    cost, a, b = problems(gen, 3, n, m, dtype, zero_weights=True)
+    emu = Emulator(emu_so)
+    for mode, eps in ((AUTO, 0.05), (KERNEL, 0.1), (LOG, 0.01), (AUTO, 0.01)):
+        args = (cost, a, b, eps, 25, 1e-4, mode)
+        check_same(emu_sinkhorn(emu, *args), cpu_sinkhorn(*args), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sinkhorn_official_matches_cpu(emu_so, gen, dtype):
+    """Official mode: groups of 3 coupled problems stop together (and group 1: on their own)."""
+    cost, a, b = problems(gen, 6, 9, 13, dtype)
+    emu = Emulator(emu_so)
+    for group, tol in ((3, 1e-3), (1, 1e-3), (2, 0.0)):
+        args = (cost, a, b, 0.1, 40, tol, OFFICIAL, group)
+        want = cpu_sinkhorn(*args)
+        got = emu_sinkhorn(emu, *args)
+        check_same(got, want, **TOL[dtype])
+        assert want["n_iter"].reshape(-1, group).unique(dim=-1).shape[-1] == 1  # per group
+    assert (want["n_iter"] == 40).all() and not want["converged"].any()  # tol 0: never stops
+
+
+def test_sinkhorn_plan_buffer_path(emu_so, gen):
+    """K too large for shared memory: the plan buffer holds it (forced by a small opt-in)."""
+    cost, a, b = problems(gen, 2, 30, 33, torch.float64)
+    small = Emulator(emu_so, FF_EMU_SMEM_OPTIN=7000)  # below 30 x 33 doubles, above the vectors
+    for mode, eps in ((AUTO, 0.05), (LOG, 0.02)):
+        args = (cost, a, b, eps, 20, 1e-6, mode)
+        check_same(emu_sinkhorn(small, *args), cpu_sinkhorn(*args), **TOL[torch.float64])
+
+
+def run_patch_cost(fn, x, y, rep):
+    P, m, C = y.shape
+    n = x.shape[1]
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.full((P, n, m), float("nan"), dtype=out_dtype)
+    fn(be.ptr(x), be.ptr(y), be.ptr(out), P, rep, n, m, C, be.DTYPE_CODES[x.dtype])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_patch_cost_matches_cpu(emu_so, gen, dtype):
+    """Tiles of 64 x 64 with ragged edges (n = 70, m = 3 and 1 x 1), odd C, zero patches, rep > 1."""
+    emu = Emulator(emu_so)
+    for n, m, C, rep in ((70, 3, 37, 2), (1, 1, 5, 1), (9, 66, 20, 1)):
+        x = torch.randn(2, n, C, generator=gen).to(dtype)
+        y = torch.randn(2 * rep, m, C, generator=gen).to(dtype)
+        x[0, 0] = 0  # zero-norm patch: cost 1 to everything
+        got = run_patch_cost(lambda *a: emu.call("patch_cost", *a), x, y, rep)
+        ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        want = run_patch_cost(lambda *a: be._C.patch_cost_cpu(*a, 1), x.to(ref_dtype), y.to(ref_dtype), rep)
+        assert_close(got, want, **TOL[ref_dtype])
+        assert (got[0, 0] == 1).all()
+
+
+def run_emd_pairs(fn, x, y, idx, k, weighting, eps, max_iter, tol, mode, want_flows=True):
+    B, n, C = x.shape
+    m = y.shape[1]
+    P = B * k
+    out = dict(emd=torch.full((P,), float("nan")),
+               flows=torch.full((P, n, m), float("nan")) if want_flows else None,
+               n_iter=torch.full((P,), -1, dtype=torch.int32), converged=torch.full((P,), 7, dtype=torch.uint8),
+               fallback=torch.full((P,), 7, dtype=torch.uint8))
+    fn(be.ptr(x), be.ptr(y), be.ptr(idx), B, k, n, m, C, be.DTYPE_CODES[x.dtype], weighting, 0, 0, float(eps),
+       int(max_iter), float(tol), mode, *(be.ptr(out[k]) for k in ("emd", "flows", "n_iter", "converged", "fallback")))
+    return out
+
+
+def emd_inputs(gen, B, k, n, m, C, gallery=None, dtype=torch.float32):
+    """x (B, n, C); y (G, m, C) with idx (B, k) when gallery = G, else y (B * k, m, C), idx None."""
+    x = torch.randn(B, n, C, generator=gen).relu()  # ReLU features: APC / SC weights can vanish
+    rows = gallery if gallery else B * k
+    y = torch.randn(rows, m, C, generator=gen).relu()
+    idx = torch.randint(0, gallery, (B, k), generator=gen) if gallery else None
+    return x.to(dtype), y.to(dtype), idx
+
+
+@pytest.mark.parametrize("n,m,C", [(1, 1, 3), (6, 9, 19), (37, 45, 33), (70, 12, 5)])
+def test_emd_pairs_matches_cpu(emu_so, gen, n, m, C):
+    """Tiled GEMM (n, m <= 64) with K in registers or shared memory; n > 64: one dot per thread."""
+    emu = Emulator(emu_so)
+    x, y, idx = emd_inputs(gen, 2, 3, n, m, C, gallery=5)
+    x[0, 0] = 0  # a zero patch: weight 0
+    for weighting, mode, eps in ((APC, AUTO, 0.05), (UNIFORM, KERNEL, 0.1), (SC, LOG, 0.02)):
+        args = (x, y, idx, 3, weighting, eps, 30, 1e-5, mode)
+        got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), *args)
+        want = run_emd_pairs(lambda *a: be._C.emd_pairs_cpu(*a, 1), *args)
+        check_same(got, want, rtol=1e-3, atol=2e-5)
+
+
+def test_emd_pairs_half_inputs_and_fallback(emu_so, gen):
+    """fp16 / bf16 inputs (the CPU kernel on the same values in float32); all-zero sides fall back."""
+    emu = Emulator(emu_so)
+    x, y, _ = emd_inputs(gen, 2, 2, 10, 7, 24)
+    x[1] = -x[1].abs() - 0.1  # APC of a side all negative -> all-zero weights -> uniform fallback
+    for dtype in (torch.float16, torch.bfloat16):
+        xh, yh = x.to(dtype), y.to(dtype)
+        args = (None, 2, APC, 0.05, 30, 1e-5, AUTO)
+        got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), xh, yh, *args, want_flows=False)
+        want = run_emd_pairs(lambda *a: be._C.emd_pairs_cpu(*a, 1), xh.float(), yh.float(), *args, want_flows=False)
+        check_same(got, want, rtol=1e-3, atol=2e-5)
+        assert got["fallback"][2:].all() and not got["fallback"][:2].any()
