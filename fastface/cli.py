@@ -14,7 +14,10 @@ def cmd_info(args):
     print(f"  C++ CPU kernels : {'yes' if info['cpu'] else 'NO (' + str(info['cpu_error']) + ')'}"
           f"{'  [OpenMP]' if info['openmp'] else ''}")
     built = f"yes (CUDA {info['cuda_version']}, archs {info['archs']})" if info["cuda_built"] else "no"
-    print(f"  CUDA kernels    : built {built}; usable now: {'yes' if info['cuda_available'] else 'no'}")
+    driver = f"; driver for CUDA {info['cuda_driver_version']}" if info["cuda_driver_version"] else ""
+    print(f"  CUDA kernels    : built {built}{driver}; usable now: {'yes' if info['cuda_available'] else 'no'}")
+    if info["cuda_built"] and info["cuda_unusable_reason"]:
+        print(f"    why not: {info['cuda_unusable_reason']}")
     for i, name in enumerate(info["cuda_devices"]):
         print(f"    cuda:{i} {name}")
     print(f"  Triton backend  : {'yes' if info['triton'] else 'no (pip install fastface[triton])'}")

@@ -27,6 +27,7 @@
 #endif
 
 #include "convt_kernels.h"
+#include "parallel.h"
 
 namespace fastface {
 namespace cpu {
@@ -385,6 +386,7 @@ void conv_transpose_chain(const ConvTChainArgs& args, int n_threads) {
   const int nt_req = std::max(1, n_threads);
   (void)nt_req;  // unused without OpenMP
 
+  ParallelErrors errors;
 #pragma omp parallel num_threads(nt_req)
   {
 #ifdef _OPENMP
@@ -393,23 +395,28 @@ void conv_transpose_chain(const ConvTChainArgs& args, int n_threads) {
     const int t = 0, nt = 1;
 #endif
     static thread_local Scratch s_acc;  // per worker thread (the OpenMP pool persists)
-    float* acc = s_acc.get(acc_floats);
-    for (int64_t b0 = 0; b0 < B; b0 += G) {
-      const int64_t g = std::min(G, B - b0);
-      pack_input(x, b0, g, Ls[0], normalize, xbuf[0], t, nt);
-      barrier();
-      for (int l = 0; l < nl; ++l) {
-        const ConvTLayer& L = Ls[l];
-        const int64_t Np = round_up(g * dims[l].hwin, kMR);
-        gemm_share(xbuf[l & 1], L.weight, dims[l], Np, cols, t, nt);
+    float* acc = nullptr;
+    errors.run([&] { acc = s_acc.get(acc_floats); });
+    barrier();  // after it every thread sees the same errors.failed(): all skip, or none
+    if (!errors.failed()) {
+      for (int64_t b0 = 0; b0 < B; b0 += G) {
+        const int64_t g = std::min(G, B - b0);
+        pack_input(x, b0, g, Ls[0], normalize, xbuf[0], t, nt);
         barrier();
-        const bool last = l + 1 == nl;
-        col2im_share(cols, L, dims[l], g, last ? nullptr : xbuf[(l + 1) & 1], last ? out : nullptr,
-                     b0, acc, t, nt);
-        barrier();
+        for (int l = 0; l < nl; ++l) {
+          const ConvTLayer& L = Ls[l];
+          const int64_t Np = round_up(g * dims[l].hwin, kMR);
+          gemm_share(xbuf[l & 1], L.weight, dims[l], Np, cols, t, nt);
+          barrier();
+          const bool last = l + 1 == nl;
+          col2im_share(cols, L, dims[l], g, last ? nullptr : xbuf[(l + 1) & 1],
+                       last ? out : nullptr, b0, acc, t, nt);
+          barrier();
+        }
       }
     }
   }
+  errors.rethrow_first();
 }
 
 }  // namespace cpu

@@ -1,4 +1,5 @@
-// Register-blocked dot products D = X Y^T for patch sets (row-major), used by the cost kernels.
+// Register-blocked cosines of patch sets (row-major) and their floored norms, used by the cost
+// kernels (patch_cost.cpp, emd_pairs.cpp).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -21,15 +22,43 @@ struct DotsWorkspace {
   std::vector<T> xp, yt, d;
 };
 
-// D (n, m) = X (n, C) Y (m, C)^T. Accumulates in T.
+// norms_i = max(||X_i||, kNormFloor) for X (n, C), in double and free of overflow: each row is
+// divided by its largest |x| before squaring (float32 squares overflow from |x| ~ 1.8e19).
 template <typename T>
-void dots(const T* X, const T* Y, int64_t n, int64_t m, int64_t C, DotsWorkspace<T>& ws, T* D) {
+void floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = X + i * C;
+    double largest = 0;
+    for (int64_t c = 0; c < C; ++c) largest = std::max(largest, std::abs(double(row[c])));
+    double s = 0;
+    if (largest > 0) {
+      const double inv = 1.0 / largest;
+      for (int64_t c = 0; c < C; ++c) {
+        const double v = double(row[c]) * inv;
+        s += v * v;
+      }
+    }
+    norms[i] = std::max(largest * std::sqrt(s), kNormFloor);
+  }
+}
+
+// D (n, m): cosines D_ij = <X_i / xnorm_i, Y_j / ynorm_j> of X (n, C) and Y (m, C), with the
+// floored norms of floored_norms. Rows are scaled (in double) while they are packed, so the dot
+// products never see magnitudes beyond 1. Accumulates in T.
+template <typename T>
+void cosines(const T* X, const double* xnorm, const T* Y, const double* ynorm, int64_t n,
+             int64_t m, int64_t C, DotsWorkspace<T>& ws, T* D) {
   const int64_t np = round_up(n, kRowBlock), mp = round_up(m, kColBlock);
   ws.xp.assign(np * C, T(0));
-  std::copy(X, X + n * C, ws.xp.begin());
+  for (int64_t i = 0; i < n; ++i) {
+    const double inv = 1.0 / xnorm[i];
+    for (int64_t c = 0; c < C; ++c) ws.xp[i * C + c] = T(double(X[i * C + c]) * inv);
+  }
   ws.yt.assign(C * mp, T(0));
-  for (int64_t j = 0; j < m; ++j)
-    for (int64_t c = 0; c < C; ++c) ws.yt[c * mp + j] = Y[j * C + c];
+  for (int64_t j = 0; j < m; ++j) {
+    const double inv = 1.0 / ynorm[j];
+    for (int64_t c = 0; c < C; ++c) ws.yt[c * mp + j] = T(double(Y[j * C + c]) * inv);
+  }
   ws.d.resize(np * mp);
   const T* xp = ws.xp.data();
   const T* yt = ws.yt.data();
@@ -49,16 +78,6 @@ void dots(const T* X, const T* Y, int64_t n, int64_t m, int64_t C, DotsWorkspace
     }
   }
   for (int64_t i = 0; i < n; ++i) std::copy(&ws.d[i * mp], &ws.d[i * mp] + m, D + i * m);
-}
-
-// norms_i = max(||X_i||, kNormFloor) for X (n, C); accumulates in double.
-template <typename T>
-void row_norms(const T* X, int64_t n, int64_t C, T* norms) {
-  for (int64_t i = 0; i < n; ++i) {
-    double s = 0;
-    for (int64_t c = 0; c < C; ++c) s += double(X[i * C + c]) * double(X[i * C + c]);
-    norms[i] = T(std::max(std::sqrt(s), kNormFloor));
-  }
 }
 
 }  // namespace cpu

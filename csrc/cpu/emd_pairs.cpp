@@ -2,9 +2,11 @@
 // all in per-thread buffers (the (B, k, n, m) cost is never materialised).
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "dots.h"
 #include "emd_kernels.h"
+#include "parallel.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
@@ -24,14 +26,14 @@ bool normalise(float* w, int64_t len) {
   return false;
 }
 
-// ||mean of rows|| of X (len, C), floored.
-float mean_norm(const float* X, int64_t len, int64_t C, std::vector<double>& acc) {
+// max(||mean of rows||, kNormFloor) of X (len, C), in double (no overflow for float rows).
+double mean_norm(const float* X, int64_t len, int64_t C, std::vector<double>& acc) {
   acc.assign(C, 0.0);
   for (int64_t t = 0; t < len; ++t)
     for (int64_t c = 0; c < C; ++c) acc[c] += X[t * C + c];
   double s = 0;
   for (int64_t c = 0; c < C; ++c) s += (acc[c] / len) * (acc[c] / len);
-  return float(std::max(std::sqrt(s), kNormFloor));
+  return std::max(std::sqrt(s), kNormFloor);
 }
 
 }  // namespace
@@ -44,75 +46,89 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
   const float* x = static_cast<const float*>(args.x);
   const float* y = static_cast<const float*>(args.y);
   const float eps = float(args.eps), tol = float(args.tol);
+  ParallelErrors errors;
 #pragma omp parallel num_threads(n_threads)
   {
     DotsWorkspace<float> dws;
     SinkhornWorkspace<float> sws;
-    sws.reserve(n, m);
-    std::vector<float> cost(n * m), xn(n), yn(m), wx(n), wy(m);
-    std::vector<double> acc;
+    std::vector<float> cost, wx, wy;
+    std::vector<double> xn, yn, acc, wy_acc;
+    errors.run([&] {
+      sws.reserve(n, m);
+      cost.resize(n * m);
+      wx.resize(n);
+      wy.resize(m);
+      xn.resize(n);
+      yn.resize(m);
+      wy_acc.resize(m);
+    });
     int64_t last_b = -1;
-    float x_mean_norm = 1.0f;
+    double x_mean_norm = 1.0;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t p = 0; p < B * k; ++p) {
-      const int64_t qb = p / k;
-      const float* X = x + qb * n * C;
-      const float* Y = y + (args.idx ? args.idx[p] : p) * m * C;
-      if (qb != last_b) {
-        row_norms(X, n, C, xn.data());
-        if (args.weighting == Weighting::APC) x_mean_norm = mean_norm(X, n, C, acc);
-        last_b = qb;
-      }
-      row_norms(Y, m, C, yn.data());
-      dots(X, Y, n, m, C, dws, cost.data());  // raw dot products D_ij
-      bool fell_back = false;
-      if (args.weighting == Weighting::APC) {
-        // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
-        const float y_mean_norm = mean_norm(Y, m, C, acc);
-        std::fill(wy.begin(), wy.end(), 0.0f);
-        for (int64_t i = 0; i < n; ++i) {
-          double s = 0;
-          for (int64_t j = 0; j < m; ++j) {
-            s += cost[i * m + j];
-            wy[j] += cost[i * m + j];
-          }
-          wx[i] = std::max(0.0f, float(s / (double(xn[i]) * m * y_mean_norm)));
+      if (errors.failed()) continue;
+      errors.run([&] {
+        const int64_t qb = p / k;
+        const float* X = x + qb * n * C;
+        const float* Y = y + (args.idx ? args.idx[p] : p) * m * C;
+        if (qb != last_b) {
+          floored_norms(X, n, C, xn.data());
+          if (args.weighting == Weighting::APC) x_mean_norm = mean_norm(X, n, C, acc);
+          last_b = qb;
         }
-        for (int64_t j = 0; j < m; ++j) wy[j] = std::max(0.0f, wy[j] / (yn[j] * n * x_mean_norm));
-      }
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < m; ++j) cost[i * m + j] = 1.0f - cost[i * m + j] / (xn[i] * yn[j]);
-      if (args.weighting == Weighting::SC) {
-        std::fill(wy.begin(), wy.end(), 0.0f);
-        for (int64_t i = 0; i < n; ++i) {
-          float s = 0;
-          for (int64_t j = 0; j < m; ++j) {
-            s += cost[i * m + j];
-            wy[j] += cost[i * m + j];
+        floored_norms(Y, m, C, yn.data());
+        cosines(X, xn.data(), Y, yn.data(), n, m, C, dws, cost.data());  // cos_ij
+        bool fell_back = false;
+        if (args.weighting == Weighting::APC) {
+          // <x_i / |x_i|, unit(mean y)> = sum_j |y_j| cos_ij / (m |mean y|), and symmetrically
+          // (with the floored norms; in double, so rows near the float range stay finite).
+          const double y_mean_norm = mean_norm(Y, m, C, acc);
+          std::fill(wy_acc.begin(), wy_acc.end(), 0.0);
+          for (int64_t i = 0; i < n; ++i) {
+            double s = 0;
+            for (int64_t j = 0; j < m; ++j) {
+              s += yn[j] * cost[i * m + j];
+              wy_acc[j] += xn[i] * cost[i * m + j];
+            }
+            wx[i] = std::max(0.0f, float(s / (double(m) * y_mean_norm)));
           }
-          wx[i] = std::max(0.0f, s);
+          for (int64_t j = 0; j < m; ++j)
+            wy[j] = std::max(0.0f, float(wy_acc[j] / (double(n) * x_mean_norm)));
         }
-        for (int64_t j = 0; j < m; ++j) wy[j] = std::max(0.0f, wy[j]);
-      }
-      if (args.weighting == Weighting::Uniform) {
-        std::fill(wx.begin(), wx.end(), 1.0f / float(n));
-        std::fill(wy.begin(), wy.end(), 1.0f / float(m));
-      } else if (args.weighting == Weighting::External) {
-        std::copy(args.wx_in + p * n, args.wx_in + (p + 1) * n, wx.begin());
-        std::copy(args.wy_in + p * m, args.wy_in + (p + 1) * m, wy.begin());
-      } else {
-        fell_back = normalise(wx.data(), n);
-        fell_back = normalise(wy.data(), m) || fell_back;
-      }
-      SinkhornSolution res = solve_sinkhorn_problem<float>(
-          cost.data(), wx.data(), wy.data(), n, m, eps, args.max_iter, tol, args.mode, sws,
-          args.flows ? args.flows + p * n * m : nullptr, nullptr, nullptr);
-      args.emd[p] = float(res.distance);
-      args.n_iter[p] = res.n_iter;
-      args.converged[p] = res.converged ? 1 : 0;
-      if (args.fallback) args.fallback[p] = fell_back ? 1 : 0;
+        for (int64_t t = 0; t < n * m; ++t) cost[t] = 1.0f - cost[t];
+        if (args.weighting == Weighting::SC) {
+          std::fill(wy.begin(), wy.end(), 0.0f);
+          for (int64_t i = 0; i < n; ++i) {
+            float s = 0;
+            for (int64_t j = 0; j < m; ++j) {
+              s += cost[i * m + j];
+              wy[j] += cost[i * m + j];
+            }
+            wx[i] = std::max(0.0f, s);
+          }
+          for (int64_t j = 0; j < m; ++j) wy[j] = std::max(0.0f, wy[j]);
+        }
+        if (args.weighting == Weighting::Uniform) {
+          std::fill(wx.begin(), wx.end(), 1.0f / float(n));
+          std::fill(wy.begin(), wy.end(), 1.0f / float(m));
+        } else if (args.weighting == Weighting::External) {
+          std::copy(args.wx_in + p * n, args.wx_in + (p + 1) * n, wx.begin());
+          std::copy(args.wy_in + p * m, args.wy_in + (p + 1) * m, wy.begin());
+        } else {
+          fell_back = normalise(wx.data(), n);
+          fell_back = normalise(wy.data(), m) || fell_back;
+        }
+        SinkhornSolution res = solve_sinkhorn_problem<float>(
+            cost.data(), wx.data(), wy.data(), n, m, eps, args.max_iter, tol, args.mode, sws,
+            args.flows ? args.flows + p * n * m : nullptr, nullptr, nullptr);
+        args.emd[p] = float(res.distance);
+        args.n_iter[p] = res.n_iter;
+        args.converged[p] = res.converged ? 1 : 0;
+        if (args.fallback) args.fallback[p] = fell_back ? 1 : 0;
+      });
     }
   }
+  errors.rethrow_first();
 }
 
 }  // namespace cpu

@@ -1,8 +1,10 @@
 // Patch cosine cost on the CPU: out (P, n, m) = 1 - cos(x[p / rep], y[p]).
 #include <stdexcept>
+#include <vector>
 
 #include "dots.h"
 #include "emd_kernels.h"
+#include "parallel.h"
 
 namespace fastface {
 namespace cpu {
@@ -13,22 +15,30 @@ static void patch_cost_impl(const PatchCostArgs& args, int n_threads) {
   const T* y = static_cast<const T*>(args.y);
   T* out = static_cast<T*>(args.out);
   const int64_t P = args.P, rep = args.rep, n = args.n, m = args.m, C = args.C;
+  ParallelErrors errors;
 #pragma omp parallel num_threads(n_threads)
   {
     DotsWorkspace<T> ws;
-    std::vector<T> xn(n), yn(m);
+    std::vector<double> xn, yn;
+    errors.run([&] {
+      xn.resize(n);
+      yn.resize(m);
+    });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < P; ++p) {
-      const T* xp = x + (p / rep) * n * C;
-      const T* yp = y + p * m * C;
-      T* D = out + p * n * m;
-      row_norms(xp, n, C, xn.data());
-      row_norms(yp, m, C, yn.data());
-      dots(xp, yp, n, m, C, ws, D);
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < m; ++j) D[i * m + j] = T(1) - D[i * m + j] / (xn[i] * yn[j]);
+      if (errors.failed()) continue;
+      errors.run([&] {
+        const T* xp = x + (p / rep) * n * C;
+        const T* yp = y + p * m * C;
+        T* D = out + p * n * m;
+        floored_norms(xp, n, C, xn.data());
+        floored_norms(yp, m, C, yn.data());
+        cosines(xp, xn.data(), yp, yn.data(), n, m, C, ws, D);
+        for (int64_t t = 0; t < n * m; ++t) D[t] = T(1) - D[t];
+      });
     }
   }
+  errors.rethrow_first();
 }
 
 void patch_cost(const PatchCostArgs& args, int n_threads) {

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "emd_kernels.h"
+#include "parallel.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
@@ -66,31 +67,40 @@ static void sinkhorn_impl(const SinkhornArgs& args, int n_threads) {
   T* plan = static_cast<T*>(args.plan);
   T* f = static_cast<T*>(args.f);
   T* g = static_cast<T*>(args.g);
+  ParallelErrors errors;
   if (args.mode == SinkhornMode::Official) {
     const int64_t groups = P / args.group;
 #pragma omp parallel num_threads(n_threads)
     {
       std::vector<T> K, r, c, r_prev, tmp;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t q = 0; q < groups; ++q) official_group<T>(args, q * args.group, K, r, c, r_prev, tmp);
+      for (int64_t q = 0; q < groups; ++q) {
+        if (errors.failed()) continue;
+        errors.run([&] { official_group<T>(args, q * args.group, K, r, c, r_prev, tmp); });
+      }
     }
+    errors.rethrow_first();
     return;
   }
 #pragma omp parallel num_threads(n_threads)
   {
     SinkhornWorkspace<T> ws;
-    ws.reserve(n, m);
+    errors.run([&] { ws.reserve(n, m); });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < P; ++p) {
-      SinkhornSolution res = solve_sinkhorn_problem<T>(
-          cost + p * n * m, a + p * n, b + p * m, n, m, T(args.eps), args.max_iter, T(args.tol),
-          args.mode, ws, plan ? plan + p * n * m : nullptr, f ? f + p * n : nullptr,
-          g ? g + p * m : nullptr);
-      static_cast<T*>(args.distance)[p] = T(res.distance);
-      args.n_iter[p] = res.n_iter;
-      args.converged[p] = res.converged ? 1 : 0;
+      if (errors.failed()) continue;
+      errors.run([&] {
+        SinkhornSolution res = solve_sinkhorn_problem<T>(
+            cost + p * n * m, a + p * n, b + p * m, n, m, T(args.eps), args.max_iter, T(args.tol),
+            args.mode, ws, plan ? plan + p * n * m : nullptr, f ? f + p * n : nullptr,
+            g ? g + p * m : nullptr);
+        static_cast<T*>(args.distance)[p] = T(res.distance);
+        args.n_iter[p] = res.n_iter;
+        args.converged[p] = res.converged ? 1 : 0;
+      });
     }
   }
+  errors.rethrow_first();
 }
 
 void sinkhorn(const SinkhornArgs& args, int n_threads) {

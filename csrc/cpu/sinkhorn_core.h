@@ -82,6 +82,8 @@ inline bool kernel_domain(const T* a, const T* b, int64_t n, int64_t m, T eps, i
   const T inv_eps = T(1) / eps;
   for (int64_t t = 0; t < n * m; ++t) K[t] = std::exp(-K[t] * inv_eps);
   T *u = ws.u.data(), *v = ws.v.data(), *Kv = ws.Kv.data(), *KTu = ws.KTu.data();
+  // u = v = 1 for every problem (the workspace holds the previous problem's scalings).
+  std::fill(u, u + n, T(1));
   std::fill(v, v + m, T(1));
   matvec(K, v, Kv, n, m);
   res.n_iter = 0;
