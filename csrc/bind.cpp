@@ -12,6 +12,7 @@
 #include "cpu/kernels.h"
 #ifdef FASTFACE_WITH_CUDA
 #include "cuda/launchers.h"
+#include "cuda/smem_limits.h"
 #endif
 
 namespace py = pybind11;
@@ -191,6 +192,16 @@ PYBIND11_MODULE(_C, mod) {
                                                        workspace, workspace_bytes),
                                        ptr<void>(stream));
           }, nogil);
+
+  // What the CUDA launchers need for a problem size (cuda/smem_limits.h; fastface/ops/kernel_limits.py).
+  mod.def("sinkhorn_cuda_smem_bytes", [](int64_t n, int64_t m, int dtype, int mode, bool k_in_smem) {
+    return cuda::sinkhorn_smem_bytes(n, m, static_cast<DType>(dtype), static_cast<SinkhornMode>(mode), k_in_smem);
+  });
+  mod.def("sinkhorn_cuda_needs_plan", [](int64_t n, int64_t m, int dtype, int mode) {
+    return cuda::sinkhorn_needs_plan(n, m, static_cast<DType>(dtype), static_cast<SinkhornMode>(mode));
+  });
+  mod.def("emd_pairs_cuda_smem_bytes", &cuda::emd_pairs_smem_bytes);
+  mod.def("emd_pairs_cuda_fits", &cuda::emd_pairs_fits);
 #else
   mod.attr("cuda_built") = false;
   mod.def("cuda_device_count", []() { return 0; });

@@ -313,3 +313,25 @@ def test_smem_opt_in_set_once_to_the_device_maximum(emu_so, gen):
         emu_sinkhorn(emu, cost, a, b, 0.05, 1, 1e-9, KERNEL, want_plan=False)
     assert emu.query("smem_attr_sets") == 1
     assert emu.query("smem_attr_below_max") == 0
+
+
+def test_huge_patch_magnitudes_are_scale_safe(emu_so, gen):
+    """Entries around 1e20 overflow squared norms: the kernels rescale, so the cost and EMD do not change."""
+    emu = Emulator(emu_so)
+    for n, m in ((7, 5), (70, 4)):  # tiled GEMM and one dot product per thread
+        x, y, _ = emd_inputs(gen, 1, 2, n, m, 9)
+        x[0, 0] = 0  # zero patches stay zero (weight 0, cost 1)
+        for weighting in (APC, SC, UNIFORM):
+            args = (None, 2, weighting, 0.05, 20, 1e-6, AUTO)
+            want = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), x, y, *args)
+            for big_x, big_y in ((1e20, 1.0), (3e25, 1e30)):
+                got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), x * big_x, y * big_y, *args)
+                check_same(got, want, rtol=1e-4, atol=1e-6)
+    for dtype, big in ((torch.float32, 2.0 ** 66), (torch.bfloat16, 2.0 ** 100), (torch.float64, 2.0 ** 670)):
+        x = torch.randn(1, 70, 6, generator=gen, dtype=torch.float64)
+        y = torch.randn(2, 3, 6, generator=gen, dtype=torch.float64)
+        x[0, 1] = 0
+        want = run_patch_cost(lambda *a: emu.call("patch_cost", *a), x.to(dtype), y.to(dtype), 2)
+        got = run_patch_cost(lambda *a: emu.call("patch_cost", *a), (x * big).to(dtype), (y * big).to(dtype), 2)
+        assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert (got[:, 1] == 1).all()

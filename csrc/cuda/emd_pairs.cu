@@ -61,34 +61,37 @@ __host__ __device__ inline EmdLayout emd_layout(int n, int m) {
 
 // Slow path for n or m > 64: cb = X Y^T (one dot product per thread), nrm = row norms (a warp
 // per row), sums = squared norms of the row sums (APC only).
+// X and Y are multiplied by x_scale, y_scale (powers of two); the norm floor applies to the true norm.
 template <typename Tin>
 __device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C, bool apc, float* cb,
-                            int ldb, float* nrm, float* sums, double* red) {
+                            int ldb, float* nrm, float* sums, double* red, float x_scale,
+                            float y_scale) {
   const int t = threadIdx.x, nt = blockDim.x, lane = t & 31;
   for (int r = t >> 5; r < n + m; r += nt >> 5) {  // warp-uniform loop
     const Tin* z = r < n ? X + int64_t(r) * C : Y + int64_t(r - n) * C;
+    const float zs = r < n ? x_scale : y_scale;
     float s = 0.f;
     for (int64_t c = lane; c < C; c += 32) {
-      const float v = to_acc(z[c]);
+      const float v = to_acc(z[c]) * zs;
       s = fmaf(v, v, s);
     }
     s = warp_sum(s);
-    if (lane == 0) nrm[r] = fmaxf(sqrtf(s), float(kNormFloor));
+    if (lane == 0) nrm[r] = fmaxf(sqrtf(s), float(kNormFloor) * zs);
   }
   for (int idx = t; idx < n * m; idx += nt) {
     const int i = idx / m, j = idx - i * m;
     const Tin* xi = X + int64_t(i) * C;
     const Tin* yj = Y + int64_t(j) * C;
     float s = 0.f;
-    for (int64_t c = 0; c < C; ++c) s = fmaf(to_acc(xi[c]), to_acc(yj[c]), s);
+    for (int64_t c = 0; c < C; ++c) s = fmaf(to_acc(xi[c]) * x_scale, to_acc(yj[c]) * y_scale, s);
     cb[i * ldb + j] = s;
   }
   if (apc) {
     float sx = 0.f, sy = 0.f;
     for (int64_t c = t; c < C; c += nt) {
       float a = 0.f, b = 0.f;
-      for (int i = 0; i < n; ++i) a += to_acc(X[int64_t(i) * C + c]);
-      for (int j = 0; j < m; ++j) b += to_acc(Y[int64_t(j) * C + c]);
+      for (int i = 0; i < n; ++i) a += to_acc(X[int64_t(i) * C + c]) * x_scale;
+      for (int j = 0; j < m; ++j) b += to_acc(Y[int64_t(j) * C + c]) * y_scale;
       sx = fmaf(a, a, sx);
       sy = fmaf(b, b, sy);
     }
@@ -124,40 +127,49 @@ __global__ void __launch_bounds__(kGemmThreads, 4) emd_pairs_kernel(EmdParams q)
     float* cb = cost_smem;  // (n, ldb): dot products, then the cost
     const int ldb = d.ld;
 
-    // 1. Dot products D, norms, squared norms of the row sums.
-    if (L.fast) {
-      float acc[4][8], ss, colsq;
-      gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq);
-      const int tx = t & 7, ty = t >> 3;
+    // 1. Dot products D, norms, squared norms of the row sums; redone with the inputs scaled down
+    // when entries are so large that squares could overflow (the cost and weights do not change).
+    float x_scale = 1.f, y_scale = 1.f;
+    for (int pass = 0; pass < 2; ++pass) {
+      if (L.fast) {
+        float acc[4][8], ss, colsq;
+        gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq, x_scale, y_scale);
+        const int tx = t & 7, ty = t >> 3;
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < 4; ++r)
 #pragma unroll
-        for (int c = 0; c < 8; ++c) {
-          const int i = ty + 16 * r, j = tx + 8 * c;
-          if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
+          for (int c = 0; c < 8; ++c) {
+            const int i = ty + 16 * r, j = tx + 8 * c;
+            if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
+          }
+        const float nv = fmaxf(sqrtf(ss), floor_ * (t < kTile ? x_scale : y_scale));
+        if (t < kTile) {
+          if (t < n) nrm[t] = nv;
+        } else if (t - kTile < m) {
+          nrm[n + t - kTile] = nv;
         }
-      const float nv = fmaxf(sqrtf(ss), floor_);
-      if (t < kTile) {
-        if (t < n) nrm[t] = nv;
-      } else if (t - kTile < m) {
-        nrm[n + t - kTile] = nv;
-      }
-      if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
+        if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
-        if ((t & 15) == 0) sums[t >> 4] = colsq;
+          for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
+          if ((t & 15) == 0) sums[t >> 4] = colsq;
+        }
+      } else {
+        simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red, x_scale, y_scale);
       }
-    } else {
-      simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red);
+      __syncthreads();
+      int huge = 0;
+      for (int r = t; r < n + m; r += nt) huge |= !(nrm[r] * nrm[r] <= safe_sq_norm<float>());
+      if (pass > 0 || !__syncthreads_or(huge)) break;
+      x_scale = scale_for(max_abs<Tin, float>(X, n, q.C, red));
+      y_scale = scale_for(max_abs<Tin, float>(Y, m, q.C, red));
     }
-    __syncthreads();
 
     // 2. Weights (APC from the dot products), then the cost C = 1 - D / (|x_i| |y_j|).
     auto D = [&](int i, int j) { return cb[i * ldb + j]; };
     if (apc) {
       // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
-      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_);
-      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_);
+      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_ * x_scale);
+      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_ * y_scale);
       row_partials<float, SumOp>(d, D, core.part);
       col_partials<float, SumOp>(d, D, core.part2);
       __syncthreads();
