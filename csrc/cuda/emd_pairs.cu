@@ -105,7 +105,7 @@ __device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C,
 }
 
 template <typename Tin>
-__global__ void __launch_bounds__(kGemmThreads, 4) emd_pairs_kernel(EmdParams q) {
+__global__ void __launch_bounds__(kGemmThreads, 2) emd_pairs_kernel(EmdParams q) {
   FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, t = threadIdx.x, nt = blockDim.x;
   const EmdLayout L = emd_layout(n, m);

@@ -196,7 +196,7 @@ __device__ double team_sum(double v, const OfficialTeam& team, int64_t slot, int
 // Official DeepFace-EMD loop: K = exp(-C/eps) recomputed from the cost, r = a / (K c),
 // c = b / (K^T r); the group stops when mean |r - r_prev| over its G * n entries < tol.
 template <typename T, bool RC_SMEM>
-__global__ void __launch_bounds__(256) sinkhorn_official_kernel(SkParams q, OfficialTeam team) {
+__global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, OfficialTeam team) {
   FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, tid = threadIdx.x, nt = blockDim.x;
   const Dims d = make_dims(n, m, m, nt);
