@@ -6,6 +6,7 @@
 #include "cpu/emd_kernels.h"
 #ifdef FASTFACE_WITH_CUDA
 #include "cuda/emd_launchers.h"
+#include "cuda/smem_limits.h"
 #endif
 
 namespace fastface {
@@ -108,6 +109,16 @@ void register_emd(py::module_& mod) {
                                                 eps, max_iter, tol, mode, emd, flows, n_iter,
                                                 converged, fallback), ptr<void>(stream));
           }, nogil);
+
+  // What the CUDA launchers need for a problem size (cuda/smem_limits.h; fastface/ops/kernel_limits.py).
+  mod.def("sinkhorn_cuda_smem_bytes", [](int64_t n, int64_t m, int dtype, int mode, bool k_in_smem) {
+    return cuda::sinkhorn_smem_bytes(n, m, static_cast<DType>(dtype), static_cast<SinkhornMode>(mode), k_in_smem);
+  });
+  mod.def("sinkhorn_cuda_needs_plan", [](int64_t n, int64_t m, int dtype, int mode) {
+    return cuda::sinkhorn_needs_plan(n, m, static_cast<DType>(dtype), static_cast<SinkhornMode>(mode));
+  });
+  mod.def("emd_pairs_cuda_smem_bytes", &cuda::emd_pairs_smem_bytes);
+  mod.def("emd_pairs_cuda_fits", &cuda::emd_pairs_fits);
 #endif
 }
 

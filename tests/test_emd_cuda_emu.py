@@ -32,8 +32,10 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not fou
 def emu_so(tmp_path_factory):
     """Build the emulator library once per run (a compile error fails the tests)."""
     out = tmp_path_factory.mktemp("cuda_emu_emd") / "libffemu_emd.so"
-    cmd = ["g++", "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
-           "-DFASTFACE_CUDA_EMULATION", f"-I{EMU / 'include'}", str(EMU / "emu_emd.cpp"), "-o", str(out)]
+    # -fno-gnu-unique: each loaded copy keeps its own statics (opt-in flags, counters).
+    cmd = ["g++", "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-fno-gnu-unique", "-Wall",
+           "-Wno-unknown-pragmas", "-DFASTFACE_CUDA_EMULATION", f"-I{EMU / 'include'}", str(EMU / "emu_emd.cpp"),
+           "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
     return out
@@ -52,7 +54,11 @@ class Emulator:
         self.lib.ff_emu_error.restype = ctypes.c_char_p
         self.env = {k: str(v) for k, v in env.items()}
 
-    def call(self, name, *args):
+    def query(self, name, *args):
+        """Return ff_emu_<name>(*args) (an int64) under this instance's device properties."""
+        return self.call(name, *args, check=False)
+
+    def call(self, name, *args, check=True):
         """Run ff_emu_<name>(*args) under this instance's device properties; ValueError on failure."""
         saved = {k: os.environ.get(k) for k in ENV_KEYS}
         os.environ.update(self.env)
@@ -60,19 +66,17 @@ class Emulator:
             conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]
             fn = getattr(self.lib, f"ff_emu_{name}")
             fn.argtypes = [type(c) for c in conv]
-            if fn(*conv) != 0:
+            fn.restype = ctypes.c_int64 if name.endswith("bytes") else ctypes.c_int
+            ret = fn(*conv)
+            if check and ret != 0 or ret == -1:
                 raise ValueError(self.lib.ff_emu_error().decode())
+            return ret
         finally:
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-
-
-def _int_args(args):
-    """ctypes passes every integer as int64: fine for the int parameters on x86-64 / aarch64 too."""
-    return args
 
 
 def run_sinkhorn(fn, cost, a, b, eps, max_iter, tol, mode, group=1, want_plan=True, want_fg=True):
@@ -228,3 +232,106 @@ def test_emd_pairs_half_inputs_and_fallback(emu_so, gen):
         want = run_emd_pairs(lambda *a: be._C.emd_pairs_cpu(*a, 1), xh.float(), yh.float(), *args, want_flows=False)
         check_same(got, want, rtol=1e-3, atol=2e-5)
         assert got["fallback"][2:].all() and not got["fallback"][:2].any()
+
+
+def official_check(emu, cost, a, b, group, tol, want_plan=True):
+    args = (cost, a, b, 0.1, 40, tol, OFFICIAL, group)
+    want = cpu_sinkhorn(*args)
+    got = emu_sinkhorn(emu, *args, want_plan=want_plan)
+    if not want_plan:
+        want["plan"] = None
+    check_same(got, want, **TOL[cost.dtype])
+    return want
+
+
+def test_sinkhorn_official_team_layouts(emu_so, gen):
+    """Groups run by fewer blocks than problems, in waves, with r, c in global scratch, no plan."""
+    cost, a, b = problems(gen, 9, 6, 11, torch.float32)
+    # Groups that stop at different iterations (the first converges fastest), all below max_iter.
+    cost[:3] *= 0.2
+    smem = Emulator(emu_so).query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 1)  # r, c in shared memory
+    variants = [
+        dict(),                                     # a block per problem, every group at once
+        dict(FF_EMU_SMS=1, FF_EMU_BLOCKS_PER_SM=2),  # 2 blocks per group of 3, one group at a time
+        dict(FF_EMU_SMS=1, FF_EMU_BLOCKS_PER_SM=1),  # one block per group
+        dict(FF_EMU_SMEM_OPTIN=smem - 4),           # r, c of the block's problem in global scratch
+    ]
+    for env in variants:
+        emu = Emulator(emu_so, **env)
+        want = official_check(emu, cost, a, b, 3, 1e-4)
+        official_check(emu, cost, a, b, 3, 1e-4, want_plan=False)
+    iters = want["n_iter"].reshape(3, 3)
+    assert (iters == iters[:, :1]).all() and len(set(iters[:, 0].tolist())) > 1, iters
+    assert want["converged"].all()
+
+
+def test_sinkhorn_plan_scratch_only_beyond_shared_memory(emu_so, gen):
+    """K stays in shared memory up to the opt-in maximum (227 KB), not 48 KB; beyond, the plan is scratch."""
+    emu = Emulator(emu_so)
+    f64 = be.DTYPE_CODES[torch.float64]
+    # 80 x 81 doubles = 52 KB of K: over 48 KB, no plan buffer needed.
+    assert emu.query("sinkhorn_smem_bytes", 80, 80, f64, AUTO, 1) > 48 * 1024
+    assert emu.query("sinkhorn_needs_plan", 80, 80, f64, AUTO) == 0
+    cost, a, b = problems(gen, 1, 80, 80, torch.float64)
+    args = (cost, a, b, 0.05, 2, 1e-9, AUTO)
+    check_same(emu_sinkhorn(emu, *args, want_plan=False), cpu_sinkhorn(*args, want_plan=False), **TOL[torch.float64])
+    # Past the device's limit: the plan is needed as scratch, and its absence is an error.
+    with_k = emu.query("sinkhorn_smem_bytes", 30, 33, f64, AUTO, 1)
+    without_k = emu.query("sinkhorn_smem_bytes", 30, 33, f64, AUTO, 0)
+    assert without_k < with_k
+    small = Emulator(emu_so, FF_EMU_SMEM_OPTIN=with_k - 1)
+    assert small.query("sinkhorn_needs_plan", 30, 33, f64, AUTO) == 1
+    assert Emulator(emu_so, FF_EMU_SMEM_OPTIN=with_k).query("sinkhorn_needs_plan", 30, 33, f64, AUTO) == 0
+    assert small.query("sinkhorn_needs_plan", 30, 33, f64, OFFICIAL) == 0
+    cost, a, b = problems(gen, 2, 30, 33, torch.float64)
+    args = (cost, a, b, 0.05, 10, 1e-9, AUTO)
+    check_same(emu_sinkhorn(small, *args), cpu_sinkhorn(*args), **TOL[torch.float64])
+    with pytest.raises(ValueError, match="plan buffer"):
+        emu_sinkhorn(small, *args, want_plan=False)
+    tiny = Emulator(emu_so, FF_EMU_SMEM_OPTIN=without_k - 1)
+    with pytest.raises(ValueError, match="too large"):
+        tiny.query("sinkhorn_needs_plan", 30, 33, f64, AUTO)
+
+
+def test_emd_pairs_size_is_the_launch_size(emu_so, gen):
+    """emd_pairs_smem_bytes is what the launch uses: it runs at exactly that opt-in, not one byte less."""
+    need = Emulator(emu_so).query("emd_pairs_smem_bytes", 20, 13)
+    x, y, _ = emd_inputs(gen, 1, 2, 20, 13, 8)
+    args = (x, y, None, 2, APC, 0.05, 5, 1e-6, AUTO)
+    fits, short = Emulator(emu_so, FF_EMU_SMEM_OPTIN=need), Emulator(emu_so, FF_EMU_SMEM_OPTIN=need - 1)
+    assert fits.query("emd_pairs_fits", 20, 13) == 1 and short.query("emd_pairs_fits", 20, 13) == 0
+    run_emd_pairs(lambda *a: fits.call("emd_pairs", *a), *args)
+    with pytest.raises(ValueError, match="shared memory"):
+        run_emd_pairs(lambda *a: short.call("emd_pairs", *a), *args)
+
+
+def test_smem_opt_in_set_once_to_the_device_maximum(emu_so, gen):
+    """Launches of different sizes do not re-set the kernel's opt-in (a race between threads)."""
+    emu = Emulator(emu_so)
+    for n in (80, 85):  # 52 KB and 58 KB of K in shared memory, both past the 48 KB default
+        cost, a, b = problems(gen, 1, n, n, torch.float64)
+        emu_sinkhorn(emu, cost, a, b, 0.05, 1, 1e-9, KERNEL, want_plan=False)
+    assert emu.query("smem_attr_sets") == 1
+    assert emu.query("smem_attr_below_max") == 0
+
+
+def test_huge_patch_magnitudes_are_scale_safe(emu_so, gen):
+    """Entries around 1e20 overflow squared norms: the kernels rescale, so the cost and EMD do not change."""
+    emu = Emulator(emu_so)
+    for n, m in ((7, 5), (70, 4)):  # tiled GEMM and one dot product per thread
+        x, y, _ = emd_inputs(gen, 1, 2, n, m, 9)
+        x[0, 0] = 0  # zero patches stay zero (weight 0, cost 1)
+        for weighting in (APC, SC, UNIFORM):
+            args = (None, 2, weighting, 0.05, 20, 1e-6, AUTO)
+            want = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), x, y, *args)
+            for big_x, big_y in ((1e20, 1.0), (3e25, 1e30)):
+                got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), x * big_x, y * big_y, *args)
+                check_same(got, want, rtol=1e-4, atol=1e-6)
+    for dtype, big in ((torch.float32, 2.0 ** 66), (torch.bfloat16, 2.0 ** 100), (torch.float64, 2.0 ** 670)):
+        x = torch.randn(1, 70, 6, generator=gen, dtype=torch.float64)
+        y = torch.randn(2, 3, 6, generator=gen, dtype=torch.float64)
+        x[0, 1] = 0
+        want = run_patch_cost(lambda *a: emu.call("patch_cost", *a), x.to(dtype), y.to(dtype), 2)
+        got = run_patch_cost(lambda *a: emu.call("patch_cost", *a), (x * big).to(dtype), (y * big).to(dtype), 2)
+        assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert (got[:, 1] == 1).all()

@@ -1,6 +1,6 @@
 // Fused ConvTranspose2d chains on the GPU (FusedGenerator). Two paths, float32 accumulation:
 //
-//  chain  (small batches, one launch): a cluster of CS blocks per sample (CS up to 16 on sm_90,
+//  chain  (small batches, one launch): a cluster of `cluster` blocks per sample (up to 16 on sm_90,
 //         1 elsewhere), the sample's activations in shared memory. Every block holds the whole
 //         input activation of the current layer and computes a slice of output rows (co, oy);
 //         after each layer the cluster all-gathers the slices through distributed shared
@@ -44,8 +44,8 @@ constexpr int kAsLd = kBM + 4;       // padded rows: 16-byte aligned, fewer stor
 struct DevLayer {
   const float* w;     // (Cin, kh, kw, Cout)
   const float* bias;  // (Cout) or null
-  const float* ps;    // (Cout) or null
-  const float* pt;    // (Cout) or null
+  const float* post_scale;  // (Cout) or null
+  const float* post_shift;  // (Cout) or null
   int cin, cout, hin, win, hout, wout, kh, kw, sh, sw, ph, pw, dh, dw;
   int act;
   float slope;
@@ -68,8 +68,8 @@ __device__ __forceinline__ float epilogue(const DevLayer& L, int co, float acc) 
     case int(Activation::Sigmoid): v = 1.0f / (1.0f + expf(-v)); break;
     default: break;
   }
-  if (L.ps) v *= __ldg(L.ps + co);
-  if (L.pt) v += __ldg(L.pt + co);
+  if (L.post_scale) v *= __ldg(L.post_scale + co);
+  if (L.post_shift) v += __ldg(L.post_shift + co);
   return v;
 }
 
@@ -84,9 +84,9 @@ struct ChainLaunch {
   int64_t B;
 };
 
-// Rows [lo, hi) of `rows` owned by block `rank` of `cs`.
-__host__ __device__ __forceinline__ int row_begin(int rows, int rank, int cs) {
-  return int(int64_t(rows) * rank / cs);
+// Rows [lo, hi) of `rows` owned by block `rank` of `cluster`.
+__host__ __device__ __forceinline__ int row_begin(int rows, int rank, int cluster) {
+  return int(int64_t(rows) * rank / cluster);
 }
 
 // j-th output column of a row in stride-phase-major order (ox = px, px + sw, ... for px = 0, 1, ...),
@@ -149,13 +149,13 @@ __global__ void __launch_bounds__(kChainThreads) convt_chain_kernel(const ChainL
   float* act_in = reinterpret_cast<float*>(chain_smem);  // (Cin, hin, win) of the current layer
   float* act_out = act_in + p.in_floats;                 // this block's rows of its output
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const int cs = int(cooperative_groups::this_cluster().num_blocks());
+  const int cluster = int(cooperative_groups::this_cluster().num_blocks());
   const int rank = int(cooperative_groups::this_cluster().block_rank());
 #else
-  const int cs = 1, rank = 0;
+  const int cluster = 1, rank = 0;
 #endif
   const int t = threadIdx.x, nthreads = blockDim.x;
-  const int64_t n_clusters = gridDim.x / cs, cluster_id = blockIdx.x / cs;
+  const int64_t n_clusters = gridDim.x / cluster, cluster_id = blockIdx.x / cluster;
   const DevLayer& first = p.layers[0];
   const int in0 = first.cin * first.hin * first.win;
   for (int64_t b = cluster_id; b < p.B; b += n_clusters) {  // the same samples for the whole cluster
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kChainThreads) convt_chain_kernel(const ChainL
       const DevLayer& L = p.layers[l];
       const bool last = l + 1 == p.n_layers;
       const int rows = L.cout * L.hout;
-      const int r_lo = row_begin(rows, rank, cs), r_hi = row_begin(rows, rank + 1, cs);
+      const int r_lo = row_begin(rows, rank, cluster), r_hi = row_begin(rows, rank + 1, cluster);
       const int n_el = (r_hi - r_lo) * L.wout;
       for (int e = t; e < n_el; e += nthreads) {
         const int r = r_lo + e / L.wout;
@@ -190,8 +190,8 @@ __global__ void __launch_bounds__(kChainThreads) convt_chain_kernel(const ChainL
       }
       if (!last) {
         cluster_barrier();  // all slices of layer l written; all reads of act_in done
-        for (int q = 0; q < cs; ++q) {
-          const int q_lo = row_begin(rows, q, cs), n = (row_begin(rows, q + 1, cs) - q_lo) * L.wout;
+        for (int q = 0; q < cluster; ++q) {
+          const int q_lo = row_begin(rows, q, cluster), n = (row_begin(rows, q + 1, cluster) - q_lo) * L.wout;
           const float* src = cluster_slice(act_out, q);
           float* dst = act_in + q_lo * L.wout;
           for (int i = t; i < n; i += nthreads) dst[i] = src[i];
@@ -368,7 +368,7 @@ __global__ void normalize_kernel(const Tin* __restrict__ x, float* __restrict__ 
 
 DevLayer to_dev(const ConvTLayer& L) {
   DevLayer d;
-  d.w = L.weight; d.bias = L.bias; d.ps = L.post_scale; d.pt = L.post_shift;
+  d.w = L.weight; d.bias = L.bias; d.post_scale = L.post_scale; d.post_shift = L.post_shift;
   d.cin = int(L.cin); d.cout = int(L.cout); d.hin = int(L.hin); d.win = int(L.win);
   d.hout = int(L.hout); d.wout = int(L.wout); d.kh = int(L.kh); d.kw = int(L.kw);
   d.sh = int(L.sh); d.sw = int(L.sw); d.ph = int(L.ph); d.pw = int(L.pw);
@@ -420,15 +420,15 @@ DeviceInfo device_info() {
   return d;
 }
 
-// Shared memory of the chain kernel for cluster size cs (floats -> bytes).
-void chain_sizes(const ConvTChainArgs& a, int cs, int& in_floats, int& slice_floats, size_t& bytes) {
+// Shared memory of the chain kernel for clusters of `cluster` blocks (floats -> bytes).
+void chain_sizes(const ConvTChainArgs& a, int cluster, int& in_floats, int& slice_floats, size_t& bytes) {
   int64_t in = 0, slice = 0;
   for (int l = 0; l < a.n_layers; ++l) {
     const ConvTLayer& L = a.layers[l];
     in = std::max(in, L.cin * L.hin * L.win);
     if (l + 1 < a.n_layers) {
       const int64_t rows = L.cout * L.hout;
-      slice = std::max(slice, (rows + cs - 1) / cs * L.wout);
+      slice = std::max(slice, (rows + cluster - 1) / cluster * L.wout);
     }
   }
   in = (in + 3) / 4 * 4;  // act_out stays 16-byte aligned
@@ -438,24 +438,24 @@ void chain_sizes(const ConvTChainArgs& a, int cs, int& in_floats, int& slice_flo
   bytes = size_t(in + slice + 4) * sizeof(float);
 }
 
-// Lets the chain kernel use smem bytes of dynamic shared memory and clusters of cs blocks;
+// Lets the chain kernel use smem bytes of dynamic shared memory and clusters of `cluster` blocks;
 // with max_clusters, returns how many such clusters can be resident at once.
 template <typename Tio>
-cudaError_t prepare_chain(int cs, size_t smem, int* max_clusters) {
+cudaError_t prepare_chain(int cluster, size_t smem, int* max_clusters) {
   auto kernel = convt_chain_kernel<Tio>;
   allow_max_smem<convt_chain_kernel<Tio>>();
-  if (cs > 8) {
+  if (cluster > 8) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return e;
   }
   if (!max_clusters) return cudaSuccess;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(cs));
+  cfg.gridDim = dim3(unsigned(cluster));
   cfg.blockDim = dim3(kChainThreads);
   cfg.dynamicSmemBytes = smem;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(cs);
+  attr[0].val.clusterDim.x = unsigned(cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
@@ -471,37 +471,37 @@ int pick_cluster(const ConvTChainArgs& a, const DeviceInfo& dev, int& cs_out, si
   static std::map<std::tuple<int, size_t, int>, std::pair<int, int>> cache;
   int device = 0;
   check_call(cudaGetDevice(&device), "cudaGetDevice");
-  for (int cs = dev.major >= 9 ? kMaxCluster : 1; cs >= 1; cs /= 2) {
+  for (int cluster = dev.major >= 9 ? kMaxCluster : 1; cluster >= 1; cluster /= 2) {
     int in_f = 0, slice_f = 0;
     size_t smem = 0;
-    chain_sizes(a, cs, in_f, slice_f, smem);
+    chain_sizes(a, cluster, in_f, slice_f, smem);
     if (smem > dev.smem_optin) continue;
-    if (cs == 1) {
+    if (cluster == 1) {
       cs_out = 1;
       smem_out = smem;
       return dev.sms;
     }
-    const auto key = std::make_tuple(device, smem, cs * 4 + int(a.dtype));
+    const auto key = std::make_tuple(device, smem, cluster * 4 + int(a.dtype));
     {
       std::lock_guard<std::mutex> lock(mu);
       const auto it = cache.find(key);
       if (it != cache.end() && it->second.first > 0) {
-        cs_out = cs;
+        cs_out = cluster;
         smem_out = smem;
         return it->second.first;
       }
       if (it != cache.end()) continue;
     }
     int n = 0;
-    const cudaError_t e = prepare_chain<Tio>(cs, smem, &n);
+    const cudaError_t e = prepare_chain<Tio>(cluster, smem, &n);
     if (e != cudaSuccess) {
       cudaGetLastError();  // clear: this cluster size is not available, try a smaller one
       n = 0;
     }
     std::lock_guard<std::mutex> lock(mu);
-    cache[key] = {n, cs};
+    cache[key] = {n, cluster};
     if (n > 0) {
-      cs_out = cs;
+      cs_out = cluster;
       smem_out = smem;
       return n;
     }
@@ -513,7 +513,7 @@ int pick_cluster(const ConvTChainArgs& a, const DeviceInfo& dev, int& cs_out, si
 // or layers. conv_transpose_workspace and conv_transpose_chain take the same decision.
 struct Decision {
   bool chain = false;
-  int cs = 1, active = 0;
+  int cluster = 1, active = 0;
   size_t smem = 0;
 };
 
@@ -529,9 +529,9 @@ Decision decide(const ConvTChainArgs& a, const DeviceInfo& dev) {
     return d;
   }
   switch (a.dtype) {
-    case DType::F16: d.active = pick_cluster<__half>(a, dev, d.cs, d.smem); break;
-    case DType::BF16: d.active = pick_cluster<__nv_bfloat16>(a, dev, d.cs, d.smem); break;
-    default: d.active = pick_cluster<float>(a, dev, d.cs, d.smem); break;
+    case DType::F16: d.active = pick_cluster<__half>(a, dev, d.cluster, d.smem); break;
+    case DType::BF16: d.active = pick_cluster<__nv_bfloat16>(a, dev, d.cluster, d.smem); break;
+    default: d.active = pick_cluster<float>(a, dev, d.cluster, d.smem); break;
   }
   d.chain = d.active > 0;
   if (forced && !d.chain) {
@@ -583,11 +583,11 @@ void run(const ConvTChainArgs& a, const DeviceInfo& dev, cudaStream_t st) {
     p.n_layers = a.n_layers;
     p.normalize = a.normalize_input ? 1 : 0;
     size_t smem = 0;
-    chain_sizes(a, d.cs, p.in_floats, p.slice_floats, smem);
+    chain_sizes(a, d.cluster, p.in_floats, p.slice_floats, smem);
     p.B = a.B;
-    check_call(prepare_chain<Tio>(d.cs, smem, nullptr), "cudaFuncSetAttribute(convt_chain_kernel)");
+    check_call(prepare_chain<Tio>(d.cluster, smem, nullptr), "cudaFuncSetAttribute(convt_chain_kernel)");
     launch_kernel("convt_chain_kernel", convt_chain_kernel<Tio>,
-                  LaunchShape{std::min<int64_t>(a.B, d.active) * d.cs, kChainThreads, smem, d.cs}, st, p, x, y);
+                  LaunchShape{std::min<int64_t>(a.B, d.active) * d.cluster, kChainThreads, smem, d.cluster}, st, p, x, y);
     return;
   }
   int64_t buf_floats = 0, norm_floats = 0;

@@ -9,6 +9,7 @@
 #include "gemm_tile.cuh"
 #include "emd_launchers.h"
 #include "sinkhorn_core.cuh"
+#include "smem_limits.h"
 
 namespace fastface {
 namespace cuda {
@@ -60,34 +61,37 @@ __host__ __device__ inline EmdLayout emd_layout(int n, int m) {
 
 // Slow path for n or m > 64: cb = X Y^T (one dot product per thread), nrm = row norms (a warp
 // per row), sums = squared norms of the row sums (APC only).
+// X and Y are multiplied by x_scale, y_scale (powers of two); the norm floor applies to the true norm.
 template <typename Tin>
 __device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C, bool apc, float* cb,
-                            int ldb, float* nrm, float* sums, double* red) {
+                            int ldb, float* nrm, float* sums, double* red, float x_scale,
+                            float y_scale) {
   const int t = threadIdx.x, nt = blockDim.x, lane = t & 31;
   for (int r = t >> 5; r < n + m; r += nt >> 5) {  // warp-uniform loop
     const Tin* z = r < n ? X + int64_t(r) * C : Y + int64_t(r - n) * C;
+    const float zs = r < n ? x_scale : y_scale;
     float s = 0.f;
     for (int64_t c = lane; c < C; c += 32) {
-      const float v = to_acc(z[c]);
+      const float v = to_acc(z[c]) * zs;
       s = fmaf(v, v, s);
     }
     s = warp_sum(s);
-    if (lane == 0) nrm[r] = fmaxf(sqrtf(s), float(kNormFloor));
+    if (lane == 0) nrm[r] = fmaxf(sqrtf(s), float(kNormFloor) * zs);
   }
   for (int idx = t; idx < n * m; idx += nt) {
     const int i = idx / m, j = idx - i * m;
     const Tin* xi = X + int64_t(i) * C;
     const Tin* yj = Y + int64_t(j) * C;
     float s = 0.f;
-    for (int64_t c = 0; c < C; ++c) s = fmaf(to_acc(xi[c]), to_acc(yj[c]), s);
+    for (int64_t c = 0; c < C; ++c) s = fmaf(to_acc(xi[c]) * x_scale, to_acc(yj[c]) * y_scale, s);
     cb[i * ldb + j] = s;
   }
   if (apc) {
     float sx = 0.f, sy = 0.f;
     for (int64_t c = t; c < C; c += nt) {
       float a = 0.f, b = 0.f;
-      for (int i = 0; i < n; ++i) a += to_acc(X[int64_t(i) * C + c]);
-      for (int j = 0; j < m; ++j) b += to_acc(Y[int64_t(j) * C + c]);
+      for (int i = 0; i < n; ++i) a += to_acc(X[int64_t(i) * C + c]) * x_scale;
+      for (int j = 0; j < m; ++j) b += to_acc(Y[int64_t(j) * C + c]) * y_scale;
       sx = fmaf(a, a, sx);
       sy = fmaf(b, b, sy);
     }
@@ -101,7 +105,7 @@ __device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C,
 }
 
 template <typename Tin>
-__global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q) {
+__global__ void __launch_bounds__(kGemmThreads, 2) emd_pairs_kernel(EmdParams q) {
   FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, t = threadIdx.x, nt = blockDim.x;
   const EmdLayout L = emd_layout(n, m);
@@ -109,64 +113,73 @@ __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q)
   double* red = reinterpret_cast<double*>(smem);
   GemmSmem<float>& gs = *reinterpret_cast<GemmSmem<float>*>(smem + L.off_a);
   float* kbuf = reinterpret_cast<float*>(smem + L.off_a);   // (n, ld), after the GEMM
-  float* cs = reinterpret_cast<float*>(smem + L.off_c);     // (n, ld) cost
+  float* cost_smem = reinterpret_cast<float*>(smem + L.off_c);  // (n, ld) cost
   float* nrm = reinterpret_cast<float*>(smem + L.off_misc); // |x_i| (n), then |y_j| (m)
   float* sums = nrm + n + m;                                // ||sum_i x_i||^2, ||sum_j y_j||^2
-  Core<float> s = carve_core(reinterpret_cast<float*>(smem + L.off_core), d, red);
-  const bool apc = q.weighting == int(Weighting::APC), sc = q.weighting == int(Weighting::SC);
+  Core<float> core = carve_core(reinterpret_cast<float*>(smem + L.off_core), d, red);
+  const bool apc = q.weighting == int(Weighting::APC), sc_weights = q.weighting == int(Weighting::SC);
   const int64_t nm = int64_t(n) * m;
   const float floor_ = float(kNormFloor);
   for (int64_t p = blockIdx.x; p < q.P; p += gridDim.x) {
     const Tin* X = static_cast<const Tin*>(q.x) + (p / q.k) * n * q.C;  // (n, C)
     const int64_t yrow = q.idx ? q.idx[p] : p;
     const Tin* Y = static_cast<const Tin*>(q.y) + yrow * m * q.C;      // (m, C)
-    float* cb = cs;  // (n, ldb): dot products, then the cost
+    float* cb = cost_smem;  // (n, ldb): dot products, then the cost
     const int ldb = d.ld;
 
-    // 1. Dot products D, norms, squared norms of the row sums.
-    if (L.fast) {
-      float acc[4][8], ss, colsq;
-      gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq);
-      const int tx = t & 7, ty = t >> 3;
+    // 1. Dot products D, norms, squared norms of the row sums; redone with the inputs scaled down
+    // when entries are so large that squares could overflow (the cost and weights do not change).
+    float x_scale = 1.f, y_scale = 1.f;
+    for (int pass = 0; pass < 2; ++pass) {
+      if (L.fast) {
+        float acc[4][8], ss, colsq;
+        gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq, x_scale, y_scale);
+        const int tx = t & 7, ty = t >> 3;
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < 4; ++r)
 #pragma unroll
-        for (int c = 0; c < 8; ++c) {
-          const int i = ty + 16 * r, j = tx + 8 * c;
-          if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
+          for (int c = 0; c < 8; ++c) {
+            const int i = ty + 16 * r, j = tx + 8 * c;
+            if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
+          }
+        const float nv = fmaxf(sqrtf(ss), floor_ * (t < kTile ? x_scale : y_scale));
+        if (t < kTile) {
+          if (t < n) nrm[t] = nv;
+        } else if (t - kTile < m) {
+          nrm[n + t - kTile] = nv;
         }
-      const float nv = fmaxf(sqrtf(ss), floor_);
-      if (t < kTile) {
-        if (t < n) nrm[t] = nv;
-      } else if (t - kTile < m) {
-        nrm[n + t - kTile] = nv;
-      }
-      if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
+        if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
-        if ((t & 15) == 0) sums[t >> 4] = colsq;
+          for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
+          if ((t & 15) == 0) sums[t >> 4] = colsq;
+        }
+      } else {
+        simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red, x_scale, y_scale);
       }
-    } else {
-      simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red);
+      __syncthreads();
+      int huge = 0;
+      for (int r = t; r < n + m; r += nt) huge |= !(nrm[r] * nrm[r] <= safe_sq_norm<float>());
+      if (pass > 0 || !__syncthreads_or(huge)) break;
+      x_scale = scale_for(max_abs<Tin, float>(X, n, q.C, red));
+      y_scale = scale_for(max_abs<Tin, float>(Y, m, q.C, red));
     }
-    __syncthreads();
 
     // 2. Weights (APC from the dot products), then the cost C = 1 - D / (|x_i| |y_j|).
     auto D = [&](int i, int j) { return cb[i * ldb + j]; };
     if (apc) {
       // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
-      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_);
-      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_);
-      row_partials<float, SumOp>(d, D, s.pm);
-      col_partials<float, SumOp>(d, D, s.ps);
+      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_ * x_scale);
+      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_ * y_scale);
+      row_partials<float, SumOp>(d, D, core.part);
+      col_partials<float, SumOp>(d, D, core.part2);
       __syncthreads();
       for (int i = t; i < n; i += nt) {
-        const float v = combine<float, SumOp>(s.pm, d.sr, n, i) / (nrm[i] * float(m) * ymn);
-        s.wa[i] = v > 0.f ? v : 0.f;
+        const float v = combine<float, SumOp>(core.part, d.row_chunks, n, i) / (nrm[i] * float(m) * ymn);
+        core.wa[i] = v > 0.f ? v : 0.f;
       }
       for (int j = t; j < m; j += nt) {
-        const float v = combine<float, SumOp>(s.ps, d.sc, m, j) / (nrm[n + j] * float(n) * xmn);
-        s.wb[j] = v > 0.f ? v : 0.f;
+        const float v = combine<float, SumOp>(core.part2, d.col_chunks, m, j) / (nrm[n + j] * float(n) * xmn);
+        core.wb[j] = v > 0.f ? v : 0.f;
       }
     }
     for (int idx = t; idx < n * m; idx += nt) {  // D's readers above passed a barrier already
@@ -174,48 +187,47 @@ __global__ void __launch_bounds__(kGemmThreads, 5) emd_pairs_kernel(EmdParams q)
       cb[i * ldb + j] = 1.f - cb[i * ldb + j] / (nrm[i] * nrm[n + j]);
     }
     __syncthreads();
-    if (sc) {  // the official code sums cosine distances
-      row_partials<float, SumOp>(d, D, s.pm);
-      col_partials<float, SumOp>(d, D, s.ps);
+    if (sc_weights) {  // the official code sums cosine distances
+      row_partials<float, SumOp>(d, D, core.part);
+      col_partials<float, SumOp>(d, D, core.part2);
       __syncthreads();
       for (int i = t; i < n; i += nt) {
-        const float v = combine<float, SumOp>(s.pm, d.sr, n, i);
-        s.wa[i] = v > 0.f ? v : 0.f;
+        const float v = combine<float, SumOp>(core.part, d.row_chunks, n, i);
+        core.wa[i] = v > 0.f ? v : 0.f;
       }
       for (int j = t; j < m; j += nt) {
-        const float v = combine<float, SumOp>(s.ps, d.sc, m, j);
-        s.wb[j] = v > 0.f ? v : 0.f;
+        const float v = combine<float, SumOp>(core.part2, d.col_chunks, m, j);
+        core.wb[j] = v > 0.f ? v : 0.f;
       }
     } else if (!apc) {  // Uniform
-      for (int i = t; i < n; i += nt) s.wa[i] = 1.f / float(n);
-      for (int j = t; j < m; j += nt) s.wb[j] = 1.f / float(m);
+      for (int i = t; i < n; i += nt) core.wa[i] = 1.f / float(n);
+      for (int j = t; j < m; j += nt) core.wb[j] = 1.f / float(m);
     }
     bool fell_back = false;
-    if (apc || sc) {  // w = s / sum(s); an all-zero side becomes uniform
+    if (apc || sc_weights) {  // w = s / sum(s); an all-zero side becomes uniform
       double tx = 0, ty = 0;
-      for (int i = t; i < n; i += nt) tx += s.wa[i];  // same thread wrote wa[i]
-      for (int j = t; j < m; j += nt) ty += s.wb[j];
+      for (int i = t; i < n; i += nt) tx += core.wa[i];  // same thread wrote wa[i]
+      for (int j = t; j < m; j += nt) ty += core.wb[j];
       tx = block_sum(tx, red);
       ty = block_sum(ty, red);
       if (!(tx > 0.0)) {
-        for (int i = t; i < n; i += nt) s.wa[i] = 1.f / float(n);
+        for (int i = t; i < n; i += nt) core.wa[i] = 1.f / float(n);
         fell_back = true;
       } else {
-        for (int i = t; i < n; i += nt) s.wa[i] = float(double(s.wa[i]) / tx);
+        for (int i = t; i < n; i += nt) core.wa[i] = float(double(core.wa[i]) / tx);
       }
       if (!(ty > 0.0)) {
-        for (int j = t; j < m; j += nt) s.wb[j] = 1.f / float(m);
+        for (int j = t; j < m; j += nt) core.wb[j] = 1.f / float(m);
         fell_back = true;
       } else {
-        for (int j = t; j < m; j += nt) s.wb[j] = float(double(s.wb[j]) / ty);
+        for (int j = t; j < m; j += nt) core.wb[j] = float(double(core.wb[j]) / ty);
       }
     }
     __syncthreads();
 
     // 3. Sinkhorn; the plan goes to flows when asked.
     const CostRef<float> cost{cb, ldb};
-    const BufKS<float> ks{kbuf, d.ld};
-    const SolveOut r = solve<float, true, true>(d, ks, cost, kbuf, s, q.eps, q.max_iter, q.tol, q.mode,
+    const SolveOut r = solve_problem<float, true>(d, cost, kbuf, core, q.eps, q.max_iter, q.tol, q.mode,
                                                 q.flows ? q.flows + p * nm : static_cast<float*>(nullptr),
                                                 static_cast<float*>(nullptr), static_cast<float*>(nullptr));
     if (t == 0) {
@@ -241,6 +253,13 @@ void launch(const EmdParams& q, cudaStream_t st) {
 }
 
 }  // namespace
+
+int64_t emd_pairs_smem_bytes(int64_t n, int64_t m) { return int64_t(emd_layout(int(n), int(m)).bytes); }
+
+bool emd_pairs_fits(int64_t n, int64_t m) {
+  return n >= 1 && m >= 1 && n * (m + 1) < (int64_t(1) << 31) &&
+         emd_layout(int(n), int(m)).bytes <= max_smem_optin();
+}
 
 void emd_pairs(const EmdPairsArgs& args, void* stream) {
   if (args.B <= 0 || args.k <= 0) return;

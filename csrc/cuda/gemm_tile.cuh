@@ -46,10 +46,12 @@ __device__ __forceinline__ void ld4(const double* p, double (&o)[4]) {
 // of Z)^2, Z = X for t < 16 else Y): summing colsq over lanes 0-15 (16-31) of warp 0 gives
 // ||sum_i X_i||^2 (||sum_j Y_j||^2).
 // Starts with a barrier, so the caller may keep reading its own shared data up to the call.
+// X and Y are multiplied by x_scale, y_scale (powers of two: exact) as they are loaded.
 template <typename Tin, typename Acc>
 __device__ __forceinline__ void gemm_tile(const Tin* __restrict__ X, int nr, const Tin* __restrict__ Y,
                                           int mr, int64_t C, bool colsums, GemmSmem<Acc>& sm,
-                                          Acc (&acc)[4][8], Acc& ss, Acc& colsq) {
+                                          Acc (&acc)[4][8], Acc& ss, Acc& colsq, Acc x_scale = Acc(1),
+                                          Acc y_scale = Acc(1)) {
   const int t = threadIdx.x, tx = t & 7, ty = t >> 3;
   const int r0 = t >> 4, kk = t & 15;  // this thread stages rows r0 + 8 s, channel kk
 #pragma unroll
@@ -67,8 +69,8 @@ __device__ __forceinline__ void gemm_tile(const Tin* __restrict__ X, int nr, con
     for (int s = 0; s < kStage; ++s) {
       const int row = r0 + 8 * s;
       const int64_t off = int64_t(8 * s) * C + k0;
-      rx[s] = (in && row < nr) ? to_acc(xp[off]) : Acc(0);
-      ry[s] = (in && row < mr) ? to_acc(yp[off]) : Acc(0);
+      rx[s] = (in && row < nr) ? Acc(to_acc(xp[off])) * x_scale : Acc(0);
+      ry[s] = (in && row < mr) ? Acc(to_acc(yp[off])) * y_scale : Acc(0);
     }
   };
   if (C > 0) load(0);
@@ -117,6 +119,35 @@ __device__ __forceinline__ void gemm_tile(const Tin* __restrict__ X, int nr, con
     __syncthreads();
   }
   if (colsums && C > 0 && t < 32) colsq += colsum_sq(sm, t);
+}
+
+// ---- scale-safe norms ----
+// Squared norms up to this are safe to use as they are: norms, their products, the row sums of up
+// to 4096 rows and their squares all stay finite. Past it (patch entries around 1e15 and up, or an
+// overflow to inf), the tile is redone with X and Y each scaled down by scale_for(its max |entry|):
+// cosines do not change.
+template <typename Acc> __device__ __forceinline__ Acc safe_sq_norm();
+template <> __device__ __forceinline__ float safe_sq_norm<float>() { return 1e30f; }
+template <> __device__ __forceinline__ double safe_sq_norm<double>() { return 1e290; }
+
+// A power of two that brings amax into [1, 2); 1 when amax is 0 or not finite.
+__device__ __forceinline__ float scale_for(float amax) {
+  return (amax > 0.f && isfinite(amax)) ? ldexpf(1.f, -ilogbf(amax)) : 1.f;
+}
+__device__ __forceinline__ double scale_for(double amax) {
+  return (amax > 0.0 && isfinite(amax)) ? ldexp(1.0, -ilogb(amax)) : 1.0;
+}
+
+// Largest |entry| of the rows Z (rows, C); block-wide, every thread gets it.
+template <typename Tin, typename Acc>
+__device__ Acc max_abs(const Tin* Z, int rows, int64_t C, double* red) {
+  Acc mx = Acc(0);
+  const int64_t total = int64_t(rows) * C;
+  for (int64_t e = threadIdx.x; e < total; e += blockDim.x) {
+    const Acc v = dabs(Acc(to_acc(Z[e])));
+    mx = v > mx ? v : mx;
+  }
+  return block_max(mx, red);
 }
 
 }  // namespace cuda

@@ -19,6 +19,7 @@ __global__ void __launch_bounds__(kGemmThreads) patch_cost_kernel(const Tin* __r
                                                                   int64_t C, int tn, int tm) {
   __shared__ GemmSmem<Acc> sm;
   __shared__ Acc nrm[2 * kTile];  // norms of the tile's X rows, then Y rows
+  __shared__ double red[32];
   const int t = threadIdx.x, tx = t & 7, ty = t >> 3;
   const int64_t per = int64_t(tn) * tm, tiles = P * per;
   for (int64_t id = blockIdx.x; id < tiles; id += gridDim.x) {
@@ -30,7 +31,14 @@ __global__ void __launch_bounds__(kGemmThreads) patch_cost_kernel(const Tin* __r
     const Tin* Y = y + (p * m + j0) * C;          // (mr, C)
     Acc acc[4][8], ss, colsq;
     gemm_tile<Tin, Acc>(X, nr, Y, mr, C, false, sm, acc, ss, colsq);  // begins with a barrier
-    const Acc nv = dsqrt(ss), fl = Acc(kNormFloor);
+    Acc x_scale = Acc(1), y_scale = Acc(1);  // cosines do not change when X or Y is scaled
+    if (__syncthreads_or(!(ss <= safe_sq_norm<Acc>()))) {  // huge entries: redo scaled down
+      x_scale = scale_for(max_abs<Tin, Acc>(X, nr, C, red));
+      y_scale = scale_for(max_abs<Tin, Acc>(Y, mr, C, red));
+      gemm_tile<Tin, Acc>(X, nr, Y, mr, C, false, sm, acc, ss, colsq, x_scale, y_scale);
+    }
+    // The norm floor applies to the true norm.
+    const Acc nv = dsqrt(ss), fl = Acc(kNormFloor) * (t < kTile ? x_scale : y_scale);
     nrm[t] = nv > fl ? nv : fl;
     __syncthreads();
     Acc* o = out + (p * n + i0) * m + j0;  // (nr, mr) block of (n, m)

@@ -2,7 +2,7 @@
 // emulator (include/cuda_runtime.h here) as a C library for ctypes: the same launchers and
 // kernels, on host memory, with the argument lists of the _C bindings (csrc/bind.cpp) minus the
 // stream. Built and driven by tests/test_emd_cuda_emu.py with
-//   g++ -std=c++20 -O2 -pthread -shared -fPIC -DFASTFACE_CUDA_EMULATION -Itests/cuda_emu/include
+//   g++ -std=c++20 -O2 -pthread -shared -fPIC -fno-gnu-unique -DFASTFACE_CUDA_EMULATION -Itests/cuda_emu/include
 //       tests/cuda_emu/emu_emd.cpp -o libffemu_emd.so
 #include <cstdint>
 #include <exception>
@@ -41,6 +41,23 @@ const char* ff_emu_error() { return g_error.c_str(); }
 // device maximum (csrc/cuda/common.cuh sets it once per kernel and device, to the maximum).
 int ff_emu_smem_attr_sets() { return emu::smem_attr_sets.load(); }
 int ff_emu_smem_attr_below_max() { return emu::smem_attr_below.load(); }
+
+// csrc/cuda/smem_limits.h: 1 / 0, or -1 with ff_emu_error() set.
+int ff_emu_sinkhorn_needs_plan(int64_t n, int64_t m, int dtype, int mode) {
+  bool r = false;
+  if (guarded([&] {
+        r = fastface::cuda::sinkhorn_needs_plan(n, m, static_cast<fastface::DType>(dtype),
+                                                static_cast<fastface::SinkhornMode>(mode));
+      }) != 0)
+    return -1;
+  return r ? 1 : 0;
+}
+int64_t ff_emu_sinkhorn_smem_bytes(int64_t n, int64_t m, int dtype, int mode, int k_in_smem) {
+  return fastface::cuda::sinkhorn_smem_bytes(n, m, static_cast<fastface::DType>(dtype),
+                                             static_cast<fastface::SinkhornMode>(mode), k_in_smem != 0);
+}
+int ff_emu_emd_pairs_fits(int64_t n, int64_t m) { return fastface::cuda::emd_pairs_fits(n, m) ? 1 : 0; }
+int64_t ff_emu_emd_pairs_smem_bytes(int64_t n, int64_t m) { return fastface::cuda::emd_pairs_smem_bytes(n, m); }
 
 int ff_emu_patch_cost(uintptr_t x, uintptr_t y, uintptr_t out, int64_t P, int64_t rep, int64_t n, int64_t m,
                       int64_t C, int dtype) {

@@ -191,6 +191,9 @@ inline T atomicAdd(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v);
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+template <typename T>
+inline T __ldcg(const T* p) { return std::atomic_ref<T>(*const_cast<T*>(p)).load(); }
 
 // ---- runtime API subset ----
 using cudaError_t = int;
@@ -220,6 +223,21 @@ inline cudaError_t cudaGetLastError() {
 }
 inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
+  return cudaSuccess;
+}
+
+// Stream-ordered allocation: host memory, synchronous (launches are synchronous here too).
+inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  *p = std::malloc(bytes ? bytes : 1);
+  if (*p) std::memset(*p, 0xff, bytes);  // NaN garbage, like shared memory
+  return *p ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  std::free(p);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) {
+  std::memset(p, v, bytes);
   return cudaSuccess;
 }
 
