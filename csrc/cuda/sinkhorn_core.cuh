@@ -495,9 +495,9 @@ __device__ __forceinline__ SolveOut solve(const Dims& d, const KS& ks, const Cos
     if (plan) plan[idx] = p;
   }
   if (f_out)
-    for (int i = tid; i < d.n; i += nt) f_out[i] = (use_log ? s.u[i] : eps * dlog(s.u[i])) + s.alpha[i];
+    for (int i = tid; i < d.n; i += nt) f_out[i] = use_log ? s.u[i] : eps * dlog(s.u[i]);  // of Cr
   if (g_out)
-    for (int j = tid; j < d.m; j += nt) g_out[j] = (use_log ? s.v[j] : eps * dlog(s.v[j])) + s.beta[j];
+    for (int j = tid; j < d.m; j += nt) g_out[j] = use_log ? s.v[j] : eps * dlog(s.v[j]);
   r.dist = block_sum(acc, s.red);
   return r;
 }
