@@ -4,19 +4,42 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+# Iteration counts travel to the kernels as C int.
+MAX_ITER_LIMIT = 2**31 - 1
+# Sinkhorn mode names (ints shared with the kernels: fastface.reference.sinkhorn).
+SINKHORN_MODES = ("auto", "kernel", "log", "official")
+
+
 def check_tensor(name, t, *, min_ndim=None, ndim=None, finite=True):
-    """Check that t is a floating tensor of the right rank (and finite); return it."""
+    """Check that t is a floating tensor with data, of the right rank (and finite); return it."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    if t.is_meta:
+        raise ValueError(f"{name} must hold data (a CPU or CUDA tensor), got a tensor on the meta device")
     if ndim is not None and t.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if min_ndim is not None and t.dim() < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(t.shape)}")
-    if finite and t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+    if finite:
+        check_all_finite(name, t)
     return t
+
+
+def check_all_finite(name, t, chunk_elements=1 << 22):
+    """Raise if t holds a NaN or inf. Works in chunks (memory O(chunk)) with one host sync."""
+    if not t.numel():
+        return
+    rows = max(1, chunk_elements // max(1, t[0].numel())) if t.dim() else 1
+    if t.dim() == 0 or t.shape[0] <= rows:
+        ok = torch.isfinite(t).all()
+    else:  # chunks of rows: no bool tensor the size of t
+        ok = torch.ones((), dtype=torch.bool, device=t.device)
+        for part in t.split(rows):
+            ok &= torch.isfinite(part).all()
+    if not bool(ok):
+        raise ValueError(f"{name} contains NaN or inf")
 
 
 def check_same_device(**tensors):
@@ -26,12 +49,47 @@ def check_same_device(**tensors):
         raise ValueError(f"all tensors must be on one device, got {listing}")
 
 
+def check_number(name, value, *, lo=None, lo_inclusive=True, hi=None):
+    """Check that value is a real number (not a bool or a string), finite, within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    bad_lo = lo is not None and (value < lo if lo_inclusive else value <= lo)
+    if value != value or abs(value) == float("inf") or bad_lo or (hi is not None and value > hi):
+        bounds = (f"{'>=' if lo_inclusive else '>'} {lo}" if lo is not None else "") + \
+            (f"{' and ' if lo is not None else ''}<= {hi}" if hi is not None else "")
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return value
+
+
+def check_int(name, value, *, lo=1, hi=MAX_ITER_LIMIT):
+    """Check that value is an int (not a bool) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value}" if hi is not None
+                         else f"{name} must be an int >= {lo}, got {value}")
+    return value
+
+
 def check_positive(name, value, *, integer=False):
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {type(value).__name__}")
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if integer:
+        return check_int(name, value)
+    return check_number(name, value, lo=0, lo_inclusive=False)
+
+
+def check_solver_args(eps, max_iter, tol, mode, *, chunk_size=None):
+    """Validate the Sinkhorn arguments shared by sinkhorn, emd and emd_rerank, before any kernel.
+
+    eps: finite number > 0; max_iter: int in [1, 2**31 - 1]; tol: finite number >= 0;
+    mode: one of SINKHORN_MODES; chunk_size (emd_rerank's stage 1): int >= 1.
+    """
+    check_number("eps", eps, lo=0, lo_inclusive=False)
+    check_int("max_iter", max_iter)
+    check_number("tol", tol, lo=0)
+    if not isinstance(mode, str) or mode not in SINKHORN_MODES:
+        raise ValueError(f"mode must be one of {SINKHORN_MODES}, got {mode!r}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, hi=None)
 
 
 def check_weights(name, w, shape, normalise=True):
@@ -51,3 +109,29 @@ def check_weights(name, w, shape, normalise=True):
 def float_dtype_of(*tensors):
     """Return float64 if any input is float64, else float32 (the accumulation type)."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_patch_pair(x, y, *, finite=True, empty_sets=False):
+    """Check patch sets x (..., n, C), y (..., m, C): tensors on one device, C >= 1 (and n, m >= 1
+    unless empty_sets), batch dims that broadcast. Return the broadcast batch shape."""
+    check_tensor("x", x, min_ndim=2, finite=finite)
+    check_tensor("y", y, min_ndim=2, finite=finite)
+    check_same_device(x=x, y=y)
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"x and y must have the same channel count C, got x {tuple(x.shape)} "
+                         f"and y {tuple(y.shape)}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"x and y need C >= 1 channels, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if not empty_sets and (x.shape[-2] == 0 or y.shape[-2] == 0):
+        raise ValueError(f"x (..., n, C) and y (..., m, C) need n, m >= 1 patches, got x "
+                         f"{tuple(x.shape)} and y {tuple(y.shape)}")
+    return check_broadcast(x=x.shape[:-2], y=y.shape[:-2])
+
+
+def check_broadcast(**batch_shapes):
+    """Return the broadcast of the named batch shapes; raise naming them when they do not."""
+    try:
+        return torch.broadcast_shapes(*batch_shapes.values())
+    except RuntimeError:
+        listing = ", ".join(f"{k} {tuple(v)}" for k, v in batch_shapes.items())
+        raise ValueError(f"batch dims must broadcast, got {listing}") from None

@@ -35,7 +35,7 @@ def test_sinkhorn_bad_inputs():
         ff.sinkhorn(c, eps=0)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         ff.sinkhorn(c, eps=-0.1)
-    with pytest.raises(ValueError, match="max_iter must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"max_iter must be an int in \[1, 2147483647\], got 0"):
         ff.sinkhorn(c, max_iter=0)
     with pytest.raises(TypeError, match="max_iter must be an int"):
         ff.sinkhorn(c, max_iter=2.5)
@@ -59,7 +59,7 @@ def test_unavailable_impl_is_a_clear_error():
 def test_mixed_devices_rejected():
     c = torch.rand(2, 3, 3)
     a = torch.rand(2, 3, device="meta")
-    with pytest.raises(ValueError, match="one device"):
+    with pytest.raises(ValueError, match="a must hold data"):
         ff.sinkhorn(c, a)
 
 
@@ -149,3 +149,91 @@ def test_empty_batches_give_empty_results(impl_device):
     assert ff.emd(x, y, impl=impl).shape == (0,)
     assert ff.patch_cost(x, y, impl=impl).shape == (0, 4, 5)
     assert ff.sinkhorn(torch.rand(0, 4, 3, device=device), impl=impl).distance.shape == (0,)
+
+
+# One validation of the solver arguments, shared by sinkhorn, emd and emd_rerank on every impl
+# (the fused emd_rerank / emd paths used to skip it: eps=0 gave NaN, mode='fast' a KeyError).
+BAD_SOLVER_ARGS = [
+    ("eps", 0, ValueError), ("eps", -0.1, ValueError), ("eps", float("nan"), ValueError),
+    ("eps", float("inf"), ValueError), ("eps", "0.05", TypeError), ("eps", True, TypeError),
+    ("max_iter", 0, ValueError), ("max_iter", -3, ValueError), ("max_iter", 2**31, ValueError),
+    ("max_iter", 2.0, TypeError), ("max_iter", True, TypeError),
+    ("tol", -1e-3, ValueError), ("tol", float("nan"), ValueError), ("tol", "1e-6", TypeError),
+    ("mode", "fast", ValueError), ("mode", None, ValueError),
+]
+
+
+def _call(entry, impl, device, **kw):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 5, 3, generator=g).to(device), torch.randn(2, 6, 3, generator=g).to(device)
+    if entry == "sinkhorn":
+        return ff.sinkhorn(ff.patch_cost(x, y), impl=impl, **kw)
+    if entry == "emd":
+        return ff.emd(x, y, impl=impl, **kw)
+    emb = torch.randn(4, 3, generator=g).to(device)
+    gallery = (emb, torch.cat([x, y[:, :5]]))
+    return ff.emd_rerank((emb[:2], x), gallery, k=2, impl=impl, **kw)
+
+
+@pytest.mark.parametrize("entry", ["sinkhorn", "emd", "emd_rerank"])
+@pytest.mark.parametrize("arg,value,exc", BAD_SOLVER_ARGS, ids=lambda v: repr(v)[:12])
+def test_solver_args_validated_on_every_path(impl_device, entry, arg, value, exc):
+    impl, device = impl_device
+    with pytest.raises(exc, match=arg):
+        _call(entry, impl, device, **{arg: value})
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "apc", "sc"])
+def test_emd_rerank_fused_path_validates(weighting):
+    # the default fused path (uniform / APC / SC) on the C++ kernels
+    for kw in (dict(eps=0.0), dict(max_iter=0), dict(mode="fast"), dict(chunk_size=0),
+               dict(chunk_size=1.5), dict(official=1), dict(alpha=True)):
+        with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
+            _call("emd_rerank", "cpu", "cpu", weighting=weighting, **kw)
+
+
+def test_validation_gaps():
+    c = torch.rand(2, 3, 4)
+    with pytest.raises(ValueError, match="cost must hold data"):
+        ff.sinkhorn(torch.rand(2, 3, 4, device="meta"))
+    with pytest.raises(ValueError, match="x must hold data"):
+        ff.patch_cost(torch.rand(3, 4, device="meta"), torch.rand(3, 4, device="meta"))
+    with pytest.raises(TypeError, match="a must be a torch.Tensor, got list"):
+        ff.sinkhorn(c, [[0.5, 0.25, 0.25]] * 2)
+    with pytest.raises(TypeError, match="b must be a torch.Tensor, got ndarray"):
+        ff.sinkhorn(c, None, torch.rand(2, 4).numpy())
+    for group, exc in ((0, ValueError), (2.0, TypeError), (3, ValueError)):
+        with pytest.raises(exc, match="official_group"):
+            ff.sinkhorn(c.reshape(1, 2, 3, 4), mode="official", official_group=group)
+    x, y = torch.rand(2, 4, 3), torch.rand(3, 4, 3)
+    with pytest.raises(ValueError, match=r"batch dims must broadcast, got x \(2,\), y \(3,\)"):
+        ff.emd(x, y)
+    with pytest.raises(ValueError, match="batch dims must broadcast"):
+        ff.patch_weights(x, y)
+    with pytest.raises(ValueError, match="x_embedding"):
+        ff.patch_weights(x, x, "cc", x_embedding=torch.rand(5, 3), y_embedding=torch.rand(2, 3))
+    lm = torch.rand(2, 5, 2)
+    with pytest.raises(ValueError, match=r"grid \(3, 3\) has 9 cells but x has 4 patches"):
+        ff.patch_weights(x, x, "lmk", x_landmarks=lm, y_landmarks=lm, grid=(3, 3))
+    with pytest.raises(ValueError, match="grid must be a pair"):
+        ff.emd(x, x, weighting="lmk", x_landmarks=lm, y_landmarks=lm, grid=(2, 2.0))
+    with pytest.raises(ValueError, match="not a square grid"):
+        ff.emd(torch.rand(2, 6, 3), torch.rand(2, 6, 3), weighting="lmk", x_landmarks=lm, y_landmarks=lm)
+
+
+def test_empty_inputs_are_clear_errors_or_empty_results(impl_device):
+    impl, device = impl_device
+    # official mode with an empty batch: an empty result (was ZeroDivisionError)
+    res = ff.sinkhorn(torch.rand(2, 0, 4, 5, device=device), mode="official", impl=impl)
+    assert res.distance.shape == (2, 0)
+    with pytest.raises(ValueError, match="C >= 1"):
+        ff.patch_cost(torch.rand(3, 0, device=device), torch.rand(4, 0, device=device), impl=impl)
+    with pytest.raises(ValueError, match="n, m >= 1"):
+        ff.emd(torch.rand(2, 0, 3, device=device), torch.rand(2, 4, 3, device=device), impl=impl)
+    emb = torch.rand(3, 8, device=device)
+    with pytest.raises(ValueError, match="at least one patch"):
+        ff.Faces(emb, torch.rand(3, 0, 8, device=device))
+    with pytest.raises(ValueError, match="at least one patch"):
+        ff.Faces(emb, torch.rand(3, 8, 0, 0, device=device))
+    with pytest.raises(ValueError, match="at least one channel"):
+        ff.Faces(emb, torch.rand(3, 4, 0, device=device))

@@ -180,3 +180,48 @@ def test_results_on_input_device_and_dtype(gen, impl_device):
     res = ff.sinkhorn(cost.to(device), impl=impl)
     assert res.distance.device.type == device and res.distance.dtype == torch.float32
     assert np.isfinite(res.distance.cpu().numpy()).all()
+
+
+@pytest.mark.parametrize("mode", ["auto", "kernel", "log"])
+def test_constant_offset_changes_nothing(gen, impl_device, mode):
+    # cost + 1000 has the same plan and gradient; the distance moves by exactly 1000. The plan used
+    # to be rebuilt from unreduced float32 potentials (distance off by 0.2, gradients of the wrong sign).
+    impl, device = impl_device
+    cost, a, b = random_problem(gen, 3, 7, 5, dtype=torch.float32, scale=1.0)
+    results = []
+    for offset in (0.0, 1000.0):
+        c = (cost + offset).to(device).requires_grad_(True)
+        aa = a.to(device).requires_grad_(True)
+        res = ff.sinkhorn(c, aa, b.to(device), eps=0.05, max_iter=500, impl=impl, mode=mode,
+                          return_plan=True)
+        res.distance.sum().backward()
+        assert bool(res.converged.all())
+        results.append((res.distance.detach().double(), res.plan, c.grad, aa.grad, res.f, res.g))
+    (d0, p0, gc0, ga0, f0, g0), (d1, p1, gc1, ga1, f1, g1) = results
+    assert_close(d1 - 1000.0, d0, rtol=0, atol=2e-3)
+    assert_close(p1, p0, rtol=1e-3, atol=1e-6)
+    assert_close(gc1, gc0, rtol=1e-3, atol=2e-4)
+    assert_close(ga1, ga0, rtol=1e-3, atol=2e-3)
+    # public potentials keep their meaning: f + g - C is the same log-plan up to float32 rounding
+    assert_close(f1[:, :, None] + g1[:, None, :] - (cost.to(device) + 1000.0),
+                 f0[:, :, None] + g0[:, None, :] - cost.to(device), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_gradient_after_set_num_threads(gen, threads):
+    # Batched MKL LU (torch.linalg.solve) fails ("Pivots given to lu_solve") or spins with several
+    # threads from about 130 unknowns; the backward needs no LAPACK factorisation.
+    cost, a, b = random_problem(gen, 3, 90, 80, scale=1.0)
+    direction = torch.randn(cost.shape, generator=gen, dtype=torch.float64)
+    kw = dict(eps=0.1, max_iter=100000, tol=1e-13, impl="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        c = cost.clone().requires_grad_(True)
+        ff.sinkhorn(c, a, b, **kw).distance.sum().backward()
+        h = 1e-5
+        up = ff.sinkhorn(cost + h * direction, a, b, **kw).distance.sum()
+        down = ff.sinkhorn(cost - h * direction, a, b, **kw).distance.sum()
+    finally:
+        torch.set_num_threads(before)
+    assert_close((c.grad * direction).sum(), (up - down) / (2 * h), rtol=1e-5, atol=1e-8)

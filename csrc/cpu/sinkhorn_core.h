@@ -156,7 +156,8 @@ inline void log_domain(const T* Cr, const T* a, const T* b, int64_t n, int64_t m
   }
 }
 
-// Solves one problem. C (n, m), a (n), b (m). Writes plan / f / g when non-null.
+// Solves one problem. C (n, m), a (n), b (m). Writes plan / f / g when non-null; f, g are the
+// potentials of the reduced cost Cr = C - alpha_i - beta_j (Python adds alpha, beta).
 template <typename T>
 inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* b, int64_t n,
                                                int64_t m, T eps, int max_iter, T tol,
@@ -187,8 +188,8 @@ inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* 
         dist += double(p) * double(C[i * m + j]);
         if (plan) plan[i * m + j] = p;
       }
-    if (f_out) for (int64_t i = 0; i < n; ++i) f_out[i] = f[i] + ws.alpha[i];
-    if (g_out) for (int64_t j = 0; j < m; ++j) g_out[j] = g[j] + ws.beta[j];
+    if (f_out) for (int64_t i = 0; i < n; ++i) f_out[i] = f[i];  // reduced potentials (of Cr)
+    if (g_out) for (int64_t j = 0; j < m; ++j) g_out[j] = g[j];
   } else {
     const T *K = ws.K.data(), *u = ws.u.data(), *v = ws.v.data();
     for (int64_t i = 0; i < n; ++i) {
@@ -201,8 +202,8 @@ inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* 
       if (plan)
         for (int64_t j = 0; j < m; ++j) plan[i * m + j] = u[i] * K[i * m + j] * v[j];
     }
-    if (f_out) for (int64_t i = 0; i < n; ++i) f_out[i] = eps * std::log(u[i]) + ws.alpha[i];
-    if (g_out) for (int64_t j = 0; j < m; ++j) g_out[j] = eps * std::log(v[j]) + ws.beta[j];
+    if (f_out) for (int64_t i = 0; i < n; ++i) f_out[i] = eps * std::log(u[i]);  // of Cr
+    if (g_out) for (int64_t j = 0; j < m; ++j) g_out[j] = eps * std::log(v[j]);
   }
   res.distance = dist;
   return res;

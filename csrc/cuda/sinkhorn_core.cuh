@@ -476,9 +476,9 @@ __device__ __forceinline__ SolveOut solve_problem(const Dims& d, const CostRef<T
     if (plan) plan[idx] = p;
   }
   if (f_out)
-    for (int i = tid; i < d.n; i += nt) f_out[i] = (use_log ? core.u[i] : eps * dlog(core.u[i])) + core.alpha[i];
+    for (int i = tid; i < d.n; i += nt) f_out[i] = use_log ? core.u[i] : eps * dlog(core.u[i]);  // of Cr
   if (g_out)
-    for (int j = tid; j < d.m; j += nt) g_out[j] = (use_log ? core.v[j] : eps * dlog(core.v[j])) + core.beta[j];
+    for (int j = tid; j < d.m; j += nt) g_out[j] = use_log ? core.v[j] : eps * dlog(core.v[j]);
   r.dist = block_sum(acc, core.red);
   return r;
 }

@@ -2,7 +2,7 @@
 import torch
 
 from .. import _backend as be
-from .._checks import check_same_device, check_tensor
+from .._checks import check_patch_pair
 from ..reference import patch_cost_ref
 
 
@@ -34,16 +34,7 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
     Accumulates in float32 (float64 for float64 inputs); zero-norm patches have cost 1.
     Differentiable (through the pure-PyTorch twin when gradients are needed).
     """
-    check_tensor("x", x, min_ndim=2, finite=check_finite)
-    check_tensor("y", y, min_ndim=2, finite=check_finite)
-    check_same_device(x=x, y=y)
-    if x.shape[-1] != y.shape[-1]:
-        raise ValueError(f"x and y must have the same channel count C, got x {tuple(x.shape)} "
-                         f"and y {tuple(y.shape)}")
-    try:
-        torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"x and y batch dims must broadcast, got x {tuple(x.shape)} and y {tuple(y.shape)}") from None
+    check_patch_pair(x, y, finite=check_finite, empty_sets=True)
     impl = be.resolve_impl(impl, x.device)
     if impl == "torch" or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
         return patch_cost_ref(x, y)

@@ -2,7 +2,7 @@
 import torch
 
 from .. import _backend as be
-from .._checks import check_positive, check_same_device, check_tensor
+from .._checks import check_patch_pair, check_solver_args
 from ..reference.sinkhorn import OFFICIAL
 from .cost import flatten_pairs, patch_cost
 from .kernel_limits import cuda_emd_pairs_fits
@@ -67,15 +67,8 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     With return_plan=True returns a SinkhornResult (distance, plan, n_iter, converged) instead.
     Differentiable with respect to x and y (and the embeddings / weights they induce).
     """
-    check_tensor("x", x, min_ndim=2)
-    check_tensor("y", y, min_ndim=2)
-    check_same_device(x=x, y=y)
-    check_positive("eps", eps)
-    check_positive("max_iter", max_iter, integer=True)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
-    if x.shape[-1] != y.shape[-1]:
-        raise ValueError(f"x and y must have the same channel count C, got {x.shape[-1]} and {y.shape[-1]}")
+    check_solver_args(eps, max_iter, tol, mode)
+    check_patch_pair(x, y)
     validate_weighting(weighting, x, y, x_embedding, y_embedding, x_landmarks, y_landmarks, grid)
     impl = be.resolve_impl(impl, x.device)
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)

@@ -5,7 +5,8 @@ from typing import Optional
 import torch
 
 from .. import _backend as be
-from .._checks import check_same_device, check_tensor
+from .._checks import (check_all_finite, check_number, check_same_device, check_solver_args,
+                       check_tensor)
 from ..reference import unit_rows
 from .cost import patch_cost
 from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
@@ -14,16 +15,18 @@ from .weights import patch_weights, validate_weighting
 
 
 class Faces:
-    """A set of faces: embeddings (n, D) and patch embeddings stored as (n, H*W, C).
+    """A set of faces: embeddings (n, D) and patch embeddings stored contiguous as (n, H*W, C).
 
     patches may be given as (n, C, H, W) feature maps or (n, N, C) patch sets; a single face may
     be given as embeddings (D,) with patches (C, H, W) or (N, C). landmarks (n, L, 2) in patch-grid
-    units (for weighting='lmk') are optional.
+    units (for weighting='lmk') are optional. Construction validates everything once (shapes,
+    devices, NaN/inf) and lays the patches out once (a copy unless already contiguous (n, N, C));
+    emd_rerank then trusts a Faces and checks nothing per call but shapes.
     """
 
     def __init__(self, embeddings, patches, landmarks=None, grid=None):
-        check_tensor("embeddings", embeddings, ndim=(1, 2))
-        check_tensor("patches", patches, ndim=(2, 3, 4))
+        check_tensor("embeddings", embeddings, ndim=(1, 2), finite=False)
+        check_tensor("patches", patches, ndim=(2, 3, 4), finite=False)
         self.single = embeddings.dim() == 1
         if self.single:
             embeddings = embeddings.unsqueeze(0)
@@ -36,9 +39,14 @@ class Faces:
         if patches.dim() == 4:
             c, h, w = patches.shape[1:]
             grid = grid or (h, w)
-            patches = patches.flatten(2).transpose(1, 2)
+            patches = patches.flatten(2).transpose(1, 2)      # (n, H*W, C) view
         if patches.dim() != 3:
             raise ValueError(f"patches must be (n, C, H, W) or (n, N, C), got {tuple(patches.shape)}")
+        if patches.shape[1] == 0:
+            raise ValueError(f"patches must hold at least one patch per face, got {tuple(patches.shape)} "
+                             "as (n, N, C)")
+        if patches.shape[2] == 0:
+            raise ValueError(f"patches must have at least one channel, got {tuple(patches.shape)} as (n, N, C)")
         if patches.shape[0] != embeddings.shape[0]:
             raise ValueError(f"embeddings and patches must describe the same faces: {embeddings.shape[0]} "
                              f"embeddings vs {patches.shape[0]} patch sets")
@@ -47,9 +55,13 @@ class Faces:
             check_tensor("landmarks", landmarks, ndim=3)
             if landmarks.shape[0] != embeddings.shape[0] or landmarks.shape[-1] != 2:
                 raise ValueError(f"landmarks must be ({embeddings.shape[0]}, L, 2), got {tuple(landmarks.shape)}")
-        self.embeddings = embeddings      # (n, D)
-        self.patches = patches            # (n, N, C), possibly non-contiguous
-        self.landmarks = landmarks        # (n, L, 2) or None
+            check_same_device(embeddings=embeddings, landmarks=landmarks)
+        patches = patches.contiguous()           # laid out once: the kernels gather rows
+        check_all_finite("embeddings", embeddings)
+        check_all_finite("patches", patches)
+        self.embeddings = embeddings             # (n, D)
+        self.patches = patches                   # (n, N, C), contiguous
+        self.landmarks = landmarks               # (n, L, 2) or None
         self.grid = grid
 
     def __len__(self):
@@ -118,6 +130,10 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     (leave-one-out, query set == gallery). official=True reproduces the official DeepFace-EMD numerics
     (kernel domain, mean |dr| < 0.1 stop over the k candidates of a query, 1e-7 weight epsilon).
     """
+    check_solver_args(eps, max_iter, tol, mode, chunk_size=chunk_size)
+    if not isinstance(official, bool):
+        raise TypeError(f"official must be a bool, got {type(official).__name__} {official!r}")
+    check_number("alpha", alpha, lo=0, hi=1)
     q = as_faces("query", query)
     g = as_faces("gallery", gallery)
     if len(g) == 0:
@@ -139,15 +155,13 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     if k > available:
         raise ValueError(f"k={k} exceeds the {available} gallery faces available"
                          + (" (exclude_self drops one)" if exclude_self else ""))
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if exclude_self and len(q) != len(g):
         raise ValueError(f"exclude_self needs the query set to be the gallery, got {len(q)} queries "
                          f"and {len(g)} gallery faces")
     if official and weighting not in ("uniform", "apc", "sc"):
         raise ValueError(f"official=True supports the official code's weightings uniform/apc/sc, got {weighting!r}")
     validate_weighting(weighting, q.patches, g.patches, q.embeddings, g.embeddings,
-                       q.landmarks, g.landmarks, None)
+                       q.landmarks, g.landmarks, q.grid, paired=False)
     impl = be.resolve_impl(impl, q.device)
 
     with torch.no_grad():
@@ -161,11 +175,11 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
             xq = xq.to(dt).contiguous()
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
-                out = emd_pairs(xq, gp, idx, weighting, None, None, eps, max_iter, tol, _mode(mode),
+                out = emd_pairs(xq, gp, idx, weighting, None, None, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             else:  # gather only the candidates, then convert
                 cand = gp.index_select(0, idx.reshape(-1)).to(dt).contiguous()
-                out = emd_pairs(xq, cand, None, weighting, None, None, eps, max_iter, tol, _mode(mode),
+                out = emd_pairs(xq, cand, None, weighting, None, None, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             emd_v, flows = out["emd"].reshape(B, k), out["flows"]
             n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)
@@ -203,8 +217,3 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
                 setattr(result, name, value[0])
     return result
 
-
-def _mode(mode):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
-    return MODES[mode]

@@ -5,12 +5,13 @@ from typing import Optional
 import torch
 
 from .. import _backend as be
-from .._checks import check_positive, check_same_device, check_tensor, check_weights
+from .._checks import (SINKHORN_MODES, check_int, check_same_device, check_solver_args, check_tensor,
+                       check_weights, float_dtype_of)
 from ..reference import sinkhorn_ref
-from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL
+from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, reduce_cost
 from .kernel_limits import cuda_sinkhorn_needs_plan
 
-MODES = {"auto": AUTO, "kernel": KERNEL, "log": LOG, "official": OFFICIAL}
+MODES = dict(zip(SINKHORN_MODES, (AUTO, KERNEL, LOG, OFFICIAL)))
 GRADS = ("exact", "plan")
 
 
@@ -22,6 +23,7 @@ class SinkhornResult:
     n_iter: torch.Tensor
     converged: torch.Tensor
     f: Optional[torch.Tensor] = None  # (..., n) potentials: plan = exp((f_i + g_j - C_ij) / eps)
+                                      # (in exact arithmetic; float32 loses digits when C is far from 0)
     g: Optional[torch.Tensor] = None  # (..., m)
 
 
@@ -58,27 +60,53 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
                 converged=conv.bool())
 
 
-def implicit_grad(cost, a, b, f, g, eps):
+def _solve_spd(S, r):
+    """Return x (P, k) with S x = r for symmetric positive definite S (P, k, k), r (P, k).
+
+    Gaussian elimination without pivoting (stable for SPD) in plain tensor ops: batched LAPACK
+    factorisations of this torch build (MKL) fail ("Pivots given to lu_solve") or spin once
+    several threads run, whatever torch.set_num_threads says.
+    """
+    k = S.shape[-1]
+    A = torch.cat([S, r.unsqueeze(-1)], -1)                       # (P, k, k + 1), a copy
+    for j in range(k - 1):
+        factor = A[:, j + 1:, j] / A[:, j, j].unsqueeze(-1)       # (P, k - j - 1)
+        A[:, j + 1:, j:] -= factor.unsqueeze(-1) * A[:, j, j:].unsqueeze(-2)
+    x = torch.empty_like(r)
+    for j in range(k - 1, -1, -1):
+        x[:, j] = (A[:, j, k] - (A[:, j, j + 1:k] * x[:, j + 1:]).sum(-1)) / A[:, j, j]
+    return x
+
+
+def implicit_grad(cr, a, b, f, g, eps):
     """Return d<P, C>/d(C, a, b) for the converged entropic plan, by implicit differentiation.
 
-    With P = exp((f_i + g_j - C_ij)/eps) and J = [[diag a, P], [P^T, diag b]], solve J [l; u] = w,
-    w = [(P*C) 1; (P*C)^T 1] / eps; then dC = P * (1 - C/eps + l_i + u_j), da = eps l, db = eps u.
+    cr (P, n, m) is the reduced cost and f (P, n), g (P, m) its potentials: P = exp((f_i + g_j -
+    Cr_ij)/eps). The gradient in C is that in Cr (shifting rows / columns of C leaves P unchanged);
+    the caller adds alpha, beta to the a, b gradients. With J = [[diag a, P], [P^T, diag b]], solve
+    J [l; u] = w, w = [(P*Cr) 1; (P*Cr)^T 1] / eps; then dC = P * (1 - Cr/eps + l_i + u_j),
+    da = eps l, db = eps u. The solve eliminates the larger side (Schur complement) and runs in
+    float64 on the smaller one.
     """
-    plan = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - cost) / eps)
+    out_dtype = cr.dtype
+    cr, a, b, f, g = (t.double() for t in (cr, a, b, f, g))
+    plan = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - cr) / eps)     # (P, n, m)
+    pc = plan * cr
+    w1, w2 = pc.sum(-1) / eps, pc.sum(-2) / eps                         # (P, n), (P, m)
     n, m = plan.shape[-2:]
-    pc = plan * cost
-    w = torch.cat([pc.sum(-1), pc.sum(-2)], -1) / eps
-    top = torch.cat([torch.diag_embed(a), plan], -1)
-    bottom = torch.cat([plan.transpose(-1, -2), torch.diag_embed(b)], -1)
-    J = torch.cat([top, bottom], -2)
-    # (1, -1) spans J's null space (the potentials' gauge); zero weights add empty rows.
-    active = torch.cat([a > 0, b > 0], -1).to(cost.dtype)
-    v = torch.cat([torch.ones_like(a), -torch.ones_like(b)], -1) * active
-    J = J + v.unsqueeze(-1) * v.unsqueeze(-2) + torch.diag_embed(1.0 - active)
-    lu = torch.linalg.solve(J, w.unsqueeze(-1)).squeeze(-1) * active
-    lam, mu = lu[..., :n], lu[..., n:]
-    d_cost = plan * (1.0 - cost / eps + lam.unsqueeze(-1) + mu.unsqueeze(-2))
-    return d_cost, eps * lam, eps * mu
+    swap = n < m                       # eliminate the larger side: solve for the smaller one
+    pl, wa, wb, ra, rb = (plan.transpose(-1, -2), b, a, w2, w1) if swap else (plan, a, b, w1, w2)
+    inv_a = torch.where(wa > 0, 1.0 / wa, 0.0)                          # zero weights: l = 0
+    # S = diag b - P^T diag(1/a) P, singular along 1 (the potentials' gauge) on the active side.
+    active = (wb > 0).double()
+    S = torch.diag_embed(wb + (1.0 - active)) - pl.transpose(-1, -2) @ (inv_a.unsqueeze(-1) * pl)
+    S = S + active.unsqueeze(-1) * active.unsqueeze(-2) / active.sum(-1).clamp_min(1)[:, None, None]
+    rhs = rb - (pl.transpose(-1, -2) @ (ra * inv_a).unsqueeze(-1)).squeeze(-1)
+    u = _solve_spd(S, rhs * active) * active
+    lam = (ra - (pl @ u.unsqueeze(-1)).squeeze(-1)) * inv_a
+    lam, mu = (u, lam) if swap else (lam, u)
+    d_cost = plan * (1.0 - cr / eps + lam.unsqueeze(-1) + mu.unsqueeze(-2))
+    return d_cost.to(out_dtype), (eps * lam).to(out_dtype), (eps * mu).to(out_dtype)
 
 
 class _SinkhornFn(torch.autograd.Function):
@@ -88,11 +116,16 @@ class _SinkhornFn(torch.autograd.Function):
                     want_plan or mode == OFFICIAL, impl)
         ctx.eps, ctx.grad, ctx.mode = eps, grad, mode
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(cost, a, b, out["f"] if mode != OFFICIAL else out["plan"],
-                              out["g"] if mode != OFFICIAL else None)
+        f = g = None
+        if mode == OFFICIAL:
+            ctx.save_for_backward(cost, a, b, out["plan"], None)
+        else:  # the kernels return potentials of Cr; the public ones are those of C
+            _, alpha, beta = reduce_cost(cost.detach())
+            ctx.save_for_backward(cost, a, b, out["f"], out["g"])
+            f, g = out["f"] + alpha, out["g"] + beta
         ctx.mark_non_differentiable(out["n_iter"], out["converged"])
         plan = out["plan"] if want_plan else None
-        return out["distance"], plan, out["n_iter"], out["converged"], out["f"], out["g"]
+        return out["distance"], plan, out["n_iter"], out["converged"], f, g
 
     @staticmethod
     def backward(ctx, g_dist, g_plan, _gi, _gc, _gf, _gg):
@@ -104,16 +137,16 @@ class _SinkhornFn(torch.autograd.Function):
         if g_dist is None:
             return (None,) * 11
         go = g_dist.unsqueeze(-1)
-        if ctx.mode == OFFICIAL or ctx.grad == "plan":
-            plan = f_or_plan if ctx.mode == OFFICIAL else \
-                torch.exp((f_or_plan.unsqueeze(-1) + g.unsqueeze(-2) - cost) / eps)
-            d_a = d_b = None
-            if ctx.mode != OFFICIAL:
-                d_a = torch.where(a > 0, f_or_plan, 0.0) * go
-                d_b = torch.where(b > 0, g, 0.0) * go
-            return plan * go.unsqueeze(-1), d_a, d_b, *([None] * 8)
-        d_cost, d_a, d_b = implicit_grad(cost, a, b, f_or_plan, g, eps)
-        return d_cost * go.unsqueeze(-1), d_a * go, d_b * go, *([None] * 8)
+        if ctx.mode == OFFICIAL:
+            return f_or_plan * go.unsqueeze(-1), None, None, *([None] * 8)
+        cr, alpha, beta = reduce_cost(cost)
+        if ctx.grad == "plan":
+            plan = torch.exp((f_or_plan.unsqueeze(-1) + g.unsqueeze(-2) - cr) / eps)
+            d_a = torch.where(a > 0, f_or_plan, 0.0) + alpha
+            d_b = torch.where(b > 0, g, 0.0) + beta
+            return plan * go.unsqueeze(-1), d_a * go, d_b * go, *([None] * 8)
+        d_cost, d_a, d_b = implicit_grad(cr, a, b, f_or_plan, g, eps)
+        return d_cost * go.unsqueeze(-1), (d_a + alpha) * go, (d_b + beta) * go, *([None] * 8)
 
 
 def sinkhorn(cost, a=None, b=None, *, eps=0.05, max_iter=100, tol=1e-6, return_plan=False,
@@ -128,37 +161,35 @@ def sinkhorn(cost, a=None, b=None, *, eps=0.05, max_iter=100, tol=1e-6, return_p
     grad: "exact" (implicit differentiation of <P, C>) or "plan" (envelope: dC = P).
     Every problem stops on its own (except in official mode), at tol or max_iter.
     """
-    check_tensor("cost", cost, min_ndim=2, finite=check_finite)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    check_solver_args(eps, max_iter, tol, mode)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
-    check_positive("eps", eps)
-    check_positive("max_iter", max_iter, integer=True)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    check_tensor("cost", cost, min_ndim=2, finite=check_finite)
     *batch, n, m = cost.shape
     if n == 0 or m == 0:
         raise ValueError(f"cost must have n, m >= 1, got shape {tuple(cost.shape)}")
-    dt = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    for name, w, size in (("a", a, n), ("b", b, m)):
+        if w is not None:
+            check_tensor(name, w)
+            check_same_device(cost=cost, **{name: w})
+            if tuple(w.shape) != (*batch, size):
+                raise ValueError(f"{name} must have shape {(*batch, size)}, got {tuple(w.shape)}")
+    dt = float_dtype_of(cost, a, b)          # float64 if any input is, else float32
+    official = mode == "official"
+    group = 1
+    if official:
+        last = (batch[-1] if batch else 1) or 1   # an empty batch has no group to divide
+        group = last if official_group is None else check_int("official_group", official_group, hi=None)
+        problems = cost.shape[:-2].numel()
+        if problems and problems % group:
+            raise ValueError(f"official_group={group} must divide the number of problems, got {problems}")
     cost_f = cost.to(dt)
-    if a is None:
-        a = torch.full((*batch, n), 1.0 / n, dtype=dt, device=cost.device)
-    else:
-        check_same_device(cost=cost, a=a)
-        a = check_weights("a", a.to(dt), (*batch, n), normalise=mode != "official")
-    if b is None:
-        b = torch.full((*batch, m), 1.0 / m, dtype=dt, device=cost.device)
-    else:
-        check_same_device(cost=cost, b=b)
-        b = check_weights("b", b.to(dt), (*batch, m), normalise=mode != "official")
+    a = torch.full((*batch, n), 1.0 / n, dtype=dt, device=cost.device) if a is None else \
+        check_weights("a", a.to(dt), (*batch, n), normalise=not official)
+    b = torch.full((*batch, m), 1.0 / m, dtype=dt, device=cost.device) if b is None else \
+        check_weights("b", b.to(dt), (*batch, m), normalise=not official)
     impl = be.resolve_impl(impl, cost.device)
     code = MODES[mode]
-    group = 1
-    if code == OFFICIAL:
-        group = official_group or (batch[-1] if batch else 1)
-        if cost_f.shape[:-2].numel() % group:
-            raise ValueError(f"official_group={group} must divide the number of problems")
     P = cost_f.shape[:-2].numel()  # 1 for a single 2-D problem, 0 for an empty batch
     flat = cost_f.reshape(P, n, m).contiguous()
     af, bf = a.reshape(P, n).contiguous(), b.reshape(P, m).contiguous()

@@ -115,8 +115,9 @@ if AVAILABLE:
 
         cost (BN, BM) float32 (padding arbitrary), a (BN,), b (BM,) float32 with 0 on padding.
         mode: 0 auto, 1 kernel domain, 2 log domain.
-        Returns f (BN,), g (BM,) potentials of `cost` (-inf on zero weights and padding),
-        n_iter (int32) and converged (bool); `_plan_tile` turns f, g into the plan and distance.
+        Returns f (BN,), g (BM,) potentials of the reduced cost Cr = (C - alpha_i) - beta_j (-inf on
+        zero weights and padding), alpha (BN,), beta (BM,), n_iter (int32) and converged (bool);
+        `_plan_tile` turns them into the plan and distance.
         RELOAD: cost_ptrs (BN, BM) address the cost in global memory; Cr is then rebuilt from a
         fresh load after the kernel-domain loop, so only K (then only Cr) stays in registers
         through the loops. Without RELOAD (fused kernel: the cost exists only in registers)
@@ -184,14 +185,15 @@ if AVAILABLE:
             err_l = tl.sum(tl.where(mask_i, tl.abs(row - a), 0.0), axis=0)
             go = tl.where((err_l <= tol) | (it_l >= max_iter), 0, 1)
 
-        # Potentials of the original cost.
-        return f + alpha, g + beta, it_l, err_l <= tol
+        # Potentials of Cr: adding alpha, beta here would lose precision for costs far from 0.
+        return f, g, alpha, beta, it_l, err_l <= tol
 
     @triton.jit
-    def _plan_tile(f, g, cost, mask2d, eps):
-        """plan (BN, BM) = exp((f_i + g_j - C_ij) / eps) (0 on padding) and distance <plan, C>."""
+    def _plan_tile(f, g, alpha, beta, cost, mask2d, eps):
+        """plan (BN, BM) = exp((f_i + g_j - Cr_ij) / eps) (0 on padding) and distance <plan, C>."""
         cost = tl.where(mask2d, cost, 0.0)
-        plan = tl.where(mask2d, tl.exp((f[:, None] + g[None, :] - cost) / eps), 0.0)
+        cr = (cost - alpha[:, None]) - beta[None, :]                     # as in _sinkhorn_tile
+        plan = tl.where(mask2d, tl.exp((f[:, None] + g[None, :] - cr) / eps), 0.0)
         return plan, tl.sum(tl.sum(plan * cost, axis=1), axis=0)
 
     # ------------------------------------------------------------------------------------------
@@ -229,10 +231,10 @@ if AVAILABLE:
         cost = tl.load(cost_ptr + tile, mask=mask2d, other=0.0)           # (BN, BM)
         a = tl.load(a_ptr + p * n + offs_i, mask=mask_i, other=0.0)       # (BN,)
         b = tl.load(b_ptr + p * m + offs_j, mask=mask_j, other=0.0)       # (BM,)
-        f, g, n_iter, converged = _sinkhorn_tile(
+        f, g, alpha, beta, n_iter, converged = _sinkhorn_tile(
             cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, cost_ptr + tile, BN, BM, True)
         cost = tl.load(cost_ptr + tile, mask=mask2d, other=0.0, volatile=True)   # not kept live
-        plan, distance = _plan_tile(f, g, cost, mask2d, eps)
+        plan, distance = _plan_tile(f, g, alpha, beta, cost, mask2d, eps)
         tl.store(dist_ptr + p, distance)
         tl.store(f_ptr + p * n + offs_i, f, mask=mask_i)
         tl.store(g_ptr + p * m + offs_j, g, mask=mask_j)
@@ -292,9 +294,9 @@ if AVAILABLE:
             b, empty_b = _normalise(tl.maximum(sy, 0.0), mask_j, m)
             fallback = (empty_a | empty_b).to(tl.int32)
 
-        f, g, n_iter, converged = _sinkhorn_tile(
+        f, g, alpha, beta, n_iter, converged = _sinkhorn_tile(
             cost, a, b, mask_i, mask_j, eps, max_iter, tol, mode, cost, BN, BM, False)
-        plan, distance = _plan_tile(f, g, cost, mask2d, eps)
+        plan, distance = _plan_tile(f, g, alpha, beta, cost, mask2d, eps)
         tl.store(emd_ptr + p, distance)
         tl.store(iter_ptr + p, n_iter)
         tl.store(conv_ptr + p, converged.to(tl.uint8))
@@ -352,8 +354,8 @@ def patch_cost_triton(x, y, rep):
 def sinkhorn_triton(cost, a, b, eps, max_iter, tol, mode, return_plan):
     """Batched Sinkhorn, one program per problem: cost (P, n, m), a (P, n), b (P, m) float32.
 
-    Returns dict(distance (P,), plan (P, n, m) | None, f (P, n), g (P, m), n_iter (P,) int32,
-    converged (P,) bool) exactly as fastface.reference.sinkhorn_ref (modes 0, 1, 2).
+    Returns dict(distance (P,), plan (P, n, m) | None, f (P, n), g (P, m) (potentials of the
+    reduced cost), n_iter (P,) int32, converged (P,) bool) as fastface.reference.sinkhorn_ref.
     """
     _require()
     mode = _check_mode(mode)

@@ -110,7 +110,9 @@ def sinkhorn_ref(cost, a, b, eps=0.05, max_iter=100, tol=1e-6, mode=AUTO, group=
     """Return dict(distance (P,), plan (P, n, m) | None, f (P, n), g (P, m), n_iter, converged).
 
     cost (P, n, m); a (P, n), b (P, m) non-negative, each summing to 1; float32 or float64.
-    f, g are the potentials of the original cost: plan = exp((f_i + g_j - C_ij) / eps).
+    f, g are the potentials of the reduced cost Cr = reduce_cost(cost)[0]:
+    plan = exp((f_i + g_j - Cr_ij) / eps); those of the cost itself are f + alpha, g + beta
+    (rebuilding the plan from those and C loses precision when C is far from 0).
     """
     if mode == OFFICIAL:
         plan, distance, n_iter, converged = _official(cost, a, b, eps, max_iter, tol, group)
@@ -140,9 +142,7 @@ def sinkhorn_ref(cost, a, b, eps=0.05, max_iter=100, tol=1e-6, mode=AUTO, group=
     if logs.numel():
         fl, gl, il, cl = _log_domain(cr[logs], a[logs], b[logs], eps, max_iter, tol)
         f[logs], g[logs], n_iter[logs], converged[logs] = fl, gl, il, cl
-    f = f + alpha
-    g = g + beta
-    plan = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - cost) / eps)
+    plan = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - cr) / eps)
     distance = (plan * cost).sum((-1, -2))
     return dict(distance=distance, plan=plan if return_plan else None, f=f, g=g,
                 n_iter=n_iter, converged=converged)
