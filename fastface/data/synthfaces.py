@@ -12,8 +12,6 @@ centre ((size - 1) / 2) and pixel (row i, column j) centred at (x, y) = (j, i).
 """
 import math
 import os
-import struct
-import zlib
 
 import numpy as np
 import torch
@@ -38,7 +36,7 @@ except ImportError:  # loaded standalone (by path): find or load occlusions.py n
         sys.modules["_fastface_data_occlusions"] = _occ
         _spec.loader.exec_module(_occ)
 
-__all__ = ["SynthFaces", "export_image_folder", "write_png", "LANDMARKS5_FROM_68"]
+__all__ = ["SynthFaces", "export_image_folder", "LANDMARKS5_FROM_68"]
 
 # ---------------------------------------------------------------------------------------------
 # Attributes
@@ -579,43 +577,9 @@ def _blur(img, sigma):
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
-def write_png(path, array):
-    """Write a uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) as PNG with zlib + struct."""
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        raise ValueError(f"array must be uint8, got {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        colour_type = 0
-    elif a.ndim == 3 and a.shape[2] in (3, 4):
-        colour_type = 2 if a.shape[2] == 3 else 6
-    else:
-        raise ValueError(f"array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
-    H, W = a.shape[:2]
-    rows = np.ascontiguousarray(a).reshape(H, -1)
-    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(H))
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, colour_type, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    with open(path, "wb") as fh:
-        fh.write(png)
-
-
-def _save_png(path, arr):
-    try:
-        from PIL import Image
-    except ImportError:
-        write_png(path, arr)
-        return
-    Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).save(path)
-
-
 def export_image_folder(dataset, root, batch_size=256):
     """Write every image of a SynthFaces data set as root/<identity>/<index>.png; return the count."""
+    from PIL import Image
     os.makedirs(root, exist_ok=True)
     n = len(dataset)
     for start in range(0, n, batch_size):
@@ -629,5 +593,5 @@ def export_image_folder(dataset, root, batch_size=256):
             d = os.path.join(root, str(ident))
             os.makedirs(d, exist_ok=True)
             arr = (im.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-            _save_png(os.path.join(d, f"{i}.png"), arr)
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(os.path.join(d, f"{i}.png"))
     return n
