@@ -4,6 +4,8 @@ import os
 import numpy as np
 import torch
 
+from ._args import as_int
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 
@@ -50,8 +52,7 @@ class ImageFolder(torch.utils.data.Dataset):
     [0, 1] and identity (int), plus path. Identities are numbered in sorted-name order."""
 
     def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-            raise ValueError(f"size must be an int >= 8, got {size!r}")
+        size = as_int("size", size, min_value=8)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.root, self.size, self.channels = os.fspath(root), size, channels
@@ -63,7 +64,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        index = int(index)
+        index = as_int("index", index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for ImageFolder of length {len(self)}")
         return {"image": read_image(self.paths[index], self.size, self.channels),
@@ -71,6 +72,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def load_all(self, indices=None):
         """Return (images (N, C, S, S), labels (N,)) for the given indices (default all)."""
-        idx = range(len(self)) if indices is None else [int(i) for i in indices]
+        n = len(self)
+        idx = range(n) if indices is None else [as_int("indices", i, min_value=-n, max_value=n - 1) % n
+                                                for i in indices]
         images = torch.stack([read_image(self.paths[i], self.size, self.channels) for i in idx])
         return images, self.labels[list(idx)]

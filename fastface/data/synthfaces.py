@@ -17,24 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    from . import occlusions as _occ
-except ImportError:  # loaded standalone (by path): find or load occlusions.py next to this file
-    import importlib.util
-    import sys
-
-    _OCC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "occlusions.py")
-    _occ = None
-    for _m in list(sys.modules.values()):
-        _f = getattr(_m, "__file__", None)
-        if _f and os.path.abspath(_f) == _OCC_PATH:
-            _occ = _m
-            break
-    if _occ is None:
-        _spec = importlib.util.spec_from_file_location("_fastface_data_occlusions", _OCC_PATH)
-        _occ = importlib.util.module_from_spec(_spec)
-        sys.modules["_fastface_data_occlusions"] = _occ
-        _spec.loader.exec_module(_occ)
+from . import occlusions as _occ
+from ._args import as_int as _as_int
 
 __all__ = ["SynthFaces", "export_image_folder", "LANDMARKS5_FROM_68"]
 
@@ -196,14 +180,12 @@ class SynthFaces(torch.utils.data.Dataset):
 
     def __init__(self, n_identities=100, images_per_identity=10, size=64, channels=3, seed=0,
                  occlusion=None):
-        for name, val in (("n_identities", n_identities), ("images_per_identity", images_per_identity),
-                          ("size", size)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val <= 0:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if size < 16:
-            raise ValueError(f"size must be >= 16, got {size}")
-        if channels not in (1, 3):
+        n_identities = _as_int("n_identities", n_identities, min_value=1)
+        images_per_identity = _as_int("images_per_identity", images_per_identity, min_value=1)
+        size = _as_int("size", size, min_value=16)
+        if _as_int("channels", channels) not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        seed = _as_int("seed", seed, min_value=0)   # numpy's generators take non-negative seeds
         if occlusion is not None and occlusion not in _occ.KINDS:
             raise ValueError(f"occlusion must be None or one of {', '.join(repr(k) for k in _occ.KINDS)}, "
                              f"got {occlusion!r}")
@@ -215,24 +197,25 @@ class SynthFaces(torch.utils.data.Dataset):
     def __len__(self):
         return self.n_identities * self.images_per_identity
 
+    def _index(self, index, name="index"):
+        """An int in [-len, len) -> the non-negative index; IndexError outside, TypeError for non-ints."""
+        index, n = _as_int(name, index), len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{name} {index} out of range for SynthFaces of length {n}")
+        return index % n
+
     def identity_of(self, index):
-        return int(index) // self.images_per_identity
+        return self._index(index) // self.images_per_identity
 
     def traits(self, identity):
+        identity = _as_int("identity", identity, min_value=0, max_value=self.n_identities - 1)
         tr = self._traits.get(identity)
         if tr is None:
             tr = self._traits[identity] = identity_traits(self.seed, identity)
         return tr
 
     def __getitem__(self, index):
-        if isinstance(index, torch.Tensor):
-            index = int(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for SynthFaces of length {n}")
-        out = self.render_batch([index])
+        out = self.render_batch([self._index(index)])
         return {k: (int(v[0]) if k == "identity" else v[0]) for k, v in out.items()}
 
     def __getitems__(self, indices):
@@ -333,13 +316,14 @@ class SynthFaces(torch.utils.data.Dataset):
 
     def render_batch(self, indices, chunk=64):
         """Render the given indices at once (in chunks of `chunk`); returns a dict of stacked tensors."""
+        chunk = _as_int("chunk", chunk, min_value=1)
         if isinstance(indices, torch.Tensor):
-            indices = indices.tolist()
-        indices = [int(i) for i in indices]
-        n = len(self)
-        for i in indices:
-            if not 0 <= i < n:
-                raise IndexError(f"index {i} out of range for SynthFaces of length {n}")
+            if indices.dim() != 1:
+                raise ValueError(f"indices must be one-dimensional, got shape {tuple(indices.shape)}")
+            indices = list(indices.unbind()) if indices.numel() else []
+        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"indices must be a sequence of ints, got {type(indices).__name__}")
+        indices = [self._index(i, "indices") for i in indices]
         if not indices:
             raise ValueError("indices must not be empty")
         parts = [self._render_chunk(indices[s:s + chunk]) for s in range(0, len(indices), chunk)]
