@@ -32,17 +32,30 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS):
     return paths, labels, kept
 
 
-def read_image(path, size=None, channels=3):
-    """Read an image as a float32 (C, H, W) tensor in [0, 1] (resized to size x size if given)."""
+class UnreadableImage(ValueError):
+    """A file that is not a decodable image (corrupt, truncated, not an image)."""
+
+
+def open_image(path, mode="RGB"):
+    """Decode path as a PIL image in mode ("RGB" or "L") with its EXIF orientation applied (a
+    phone photo stored sideways comes out upright). Raises UnreadableImage naming the file."""
+    from PIL import Image, ImageOps
     try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - pillow ships with the dlib extra and the README set-up
-        raise ImportError("reading image folders needs pillow: pip install pillow") from e
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)     # a copy, decoded
+            return im.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot read image {os.fspath(path)!r}: {type(e).__name__}: {e}") from e
+
+
+def read_image(path, size=None, channels=3):
+    """Read an image as a float32 (C, H, W) tensor in [0, 1] (EXIF orientation applied; resized to
+    size x size if given). Raises UnreadableImage for a corrupt or non-image file."""
+    from PIL import Image
+    im = open_image(path, "L" if channels == 1 else "RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
