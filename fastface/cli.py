@@ -73,11 +73,15 @@ def cmd_identify(args):
     if args.queries and args.leave_one_out:
         print("fastface identify: give --queries DIR or --leave-one-out, not both", file=sys.stderr)
         return 2
-    run_identify(args.gallery, args.queries, backbone=args.backbone, occlude=args.occlude, k=args.k,
-                 alpha=args.alpha, weighting=args.weighting, grid=args.grid, eps=args.eps,
-                 max_iter=args.max_iter, device=_device(args.device), batch_size=args.batch_size,
-                 json_out=args.json, flows_dir=args.flows, n_flows=args.n_flows, impl=args.impl,
-                 progress=not args.quiet)
+    try:
+        run_identify(args.gallery, args.queries, backbone=args.backbone, occlude=args.occlude, k=args.k,
+                     alpha=args.alpha, weighting=args.weighting, grid=args.grid, eps=args.eps,
+                     max_iter=args.max_iter, device=_device(args.device), batch_size=args.batch_size,
+                     json_out=args.json, flows_dir=args.flows, n_flows=args.n_flows, impl=args.impl,
+                     progress=not args.quiet, protocol=args.protocol, all_faces=args.all_faces, align=args.align)
+    except (ValueError, TypeError) as e:   # bad arguments or data: one line, no traceback
+        print(f"fastface identify: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -91,8 +95,15 @@ def cmd_demo(args):
 def cmd_eval(args):
     from .eval.experiments import run_emd_experiments
     run_emd_experiments(args.out, backbone=args.backbone, images=args.images, n_identities=args.identities,
-                        k=args.k, device=_device(args.device), progress=not args.quiet)
+                        k=args.k, device=_device(args.device), progress=not args.quiet, protocol=args.protocol)
     return 0
+
+
+def _protocol_arg(p):
+    p.add_argument("--protocol", default="strict", choices=["strict", "official"],
+                   help="strict: score each query's top k, leave-one-out removes the query; official: as the "
+                        "DeepFace-EMD code (whole ranking, the query counts in R and goes last, occluded queries "
+                        "keep their clean original in the gallery)")
 
 
 def _retrieval_args(p):
@@ -122,9 +133,17 @@ def main(argv=None):
     p.add_argument("--queries", help="query image folder (identities matched by folder name)")
     p.add_argument("--leave-one-out", action="store_true",
                    help="each gallery face queries the rest (the default without --queries)")
-    p.add_argument("--backbone", default="dlib", help="dlib, dlib:LEVEL, arcface (shipped) or arcface:CKPT")
+    p.add_argument("--backbone", default="dlib",
+                   help="dlib, dlib:LEVEL, arcface (shipped), arcface:CKPT or arcface-official:PATH "
+                        "(DeepFace-EMD's resnet18_110.pth)")
+    p.add_argument("--align", default="none", choices=["none", "dlib"],
+                   help="arcface backbones: none = the images are aligned faces; dlib = detect faces and warp "
+                        "them to the ArcFace template from dlib's 5-point landmarks")
+    p.add_argument("--all-faces", action="store_true",
+                   help="use every detected face of a photograph (default: the largest); needs detection")
     p.add_argument("--occlude", default="none", choices=["none", "mask", "sunglasses", "crop"],
                    help="occlusion applied to the queries")
+    _protocol_arg(p)
     _retrieval_args(p)
     p.add_argument("--eps", type=float, default=0.05, help="Sinkhorn entropic regularisation")
     p.add_argument("--max-iter", type=int, default=100)
@@ -141,6 +160,7 @@ def main(argv=None):
     p.add_argument("--images", help="an image folder (leave-one-out) instead of SynthFaces")
     p.add_argument("--identities", type=int, default=100, help="SynthFaces held-out identities (default 100)")
     p.add_argument("--k", type=int, default=100)
+    _protocol_arg(p)
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -161,7 +161,8 @@ def test_encoder_equals_dlib_descriptors(photos, encoder, aligner, rects, tmp_pa
         paths.append(str(path))
     data = encoder.load_images(paths + [str(tmp_path / "obama.png")])
     assert data["images"].shape == (4, 3, 150, 150) and data["images"].dtype == torch.float32
-    assert data["landmarks68"].shape == (4, 68, 2) and data["ok"].tolist() == [True] * 4
+    assert data["landmarks68"].shape == (4, 68, 2) and data["source"].tolist() == [0, 1, 2, 3]
+    assert data["n_no_face"] == 0 and data["unreadable"] == []
     emb, fmap = encoder.encode(data["images"], batch_size=3)   # two batches
     assert emb.shape == (4, 128) and fmap.shape == (4, 128, 8, 8)
     assert torch.allclose(emb[3], emb[0], atol=1e-5)              # batch composition: float rounding

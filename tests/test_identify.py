@@ -176,3 +176,136 @@ def test_experiments_tables(tiny_ckpt, tmp_path):
     # alpha = 0 re-ranks by cosine alone: stage 2 equals stage 1
     a0 = [r for r in res["alpha_sweep"] if r["alpha"] == 0.0]
     assert all(r["stage1"] == r["stage2"] for r in a0)
+
+
+# ----------------------------------------------------------------------------- issue 11: 2 and 3
+
+def test_identify_json_has_each_querys_ranked_lists(tiny_ckpt, folder, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{tiny_ckpt}", "--k", "4",
+                 "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["queries"]) == 18
+    paths, labels, names = scan_image_folder(folder)
+    for i, q in enumerate(res["queries"]):
+        assert q["path"] == paths[i] and q["identity"] == names[labels[i]]
+        s1, s2 = q["stage1"], q["stage2"]
+        assert len(s1) == len(s2) == 4
+        assert all(item["identity"] == names[labels[paths.index(item["path"])]] for item in s1 + s2)
+        assert q["path"] not in [item["path"] for item in s1 + s2]           # leave-one-out
+        cos = [item["cosine"] for item in s1]
+        assert cos == sorted(cos, reverse=True)
+        dist = [item["distance"] for item in s2]
+        assert dist == sorted(dist)
+        assert {item["path"] for item in s1} == {item["path"] for item in s2}  # stage 2 re-ranks stage 1's k
+        for item in s2:
+            assert item["distance"] == pytest.approx(0.7 * item["emd"] + 0.3 * (1 - item["cosine"]), abs=1e-5)
+    # P@1 of the lists agrees with the aggregate metrics
+    p1 = sum(q["stage2"][0]["identity"] == q["identity"] for q in res["queries"]) / 18
+    assert res["stage2"]["p_at_1"] == pytest.approx(p1)
+
+
+def test_identify_skips_unreadable_files(tiny_ckpt, folder, tmp_path, capsys):
+    import shutil
+    root = tmp_path / "g"
+    shutil.copytree(folder, root)
+    good = sorted((root / "0").iterdir())[0]
+    (root / "0" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    (root / "1" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "r.json"
+    assert main(["identify", "--gallery", str(root), "--backbone", f"arcface:{tiny_ckpt}", "--k", "4",
+                 "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_unreadable"] == 2 and res["n_queries"] == 18
+    assert "2 unreadable files skipped" in capsys.readouterr().out
+    ds = ImageFolder(root, size=32)
+    bad = ds.paths.index(str(root / "0" / "truncated.png"))
+    from fastface.data import UnreadableImage
+    with pytest.raises(UnreadableImage, match="truncated.png"):
+        ds[bad]
+    with pytest.raises(TypeError, match="index must be an int, got float"):
+        ds[1.5]
+
+
+def test_identify_arguments_checked_before_decoding(tiny_ckpt, folder, monkeypatch, capsys, tmp_path):
+    import fastface.data.folder as folder_mod
+    cfg = BackboneConfig(image_size=64, channels=3, width=8, stem_pool=True, embedding_dim=32)   # 4x4 map
+    path = tmp_path / "m4.pt"
+    export_model(str(path), build_model(cfg), cfg)
+    monkeypatch.setattr(folder_mod, "open_image", lambda *a, **k: pytest.fail("an image was decoded"))
+    assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{path}", "--grid", "8", "--quiet"]) == 2
+    assert "grid 8 does not divide" in capsys.readouterr().err
+    assert main(["identify", "--gallery", folder, "--backbone", "dlib:5", "--quiet"]) == 2
+    assert "dlib:LEVEL" in capsys.readouterr().err
+
+
+def _official_reference(q, g, ql, gl, st2, k, self_last):
+    """The official test_face.py loop, from its public code: approx order over the whole gallery (own
+    image set to -100 in leave-one-out), the re-ranked top k then approx_tops[k:], get_metrics_rank."""
+    sims = torch.nn.functional.normalize(q.embeddings, dim=1) @ torch.nn.functional.normalize(g.embeddings, dim=1).T
+    r1 = rp = mapr = 0.0
+    for i in range(len(ql)):
+        s = sims[i].clone()
+        if self_last:
+            s[i] = -100
+        approx = torch.argsort(s, descending=True, stable=True)
+        tops = torch.cat([st2[i], approx[k:]])
+        num_pos = int((gl == ql[i]).sum())
+        eq = (gl[tops[:num_pos]] == ql[i]).float()
+        r1 += float(gl[tops[0]] == ql[i])
+        rp += eq.sum().item() / num_pos
+        mapr += (eq.cumsum(0) * eq / torch.arange(1, num_pos + 1)).mean().item()
+    n = len(ql)
+    return r1 / n, rp / n, mapr / n
+
+
+@pytest.mark.parametrize("loo", [False, True])
+def test_official_protocol_equals_the_official_loop(loo):
+    g = random_faces(29, seed=8)
+    gl = torch.arange(29) % 6
+    gl[-1] = 6                                       # a singleton identity: official counts it (R = 1, self)
+    q, ql = (g, gl) if loo else (random_faces(9, seed=9), torch.arange(9) % 7)
+    res = evaluate_identification(q, g, ql, gl, k=7, exclude_self=loo, batch_size=4, protocol="official")
+    r1, rp, mapr = _official_reference(q, g, ql, gl, res["stage2_indices"], 7, loo)
+    assert res["stage2"]["p_at_1"] == pytest.approx(r1)
+    assert res["stage2"]["r_precision"] == pytest.approx(rp)
+    assert res["stage2"]["map_at_r"] == pytest.approx(mapr)
+    assert res["stage2"]["n_queries"] == len(ql) and res["protocol"] == "official"
+    # stage 1: the approx order of the whole gallery (the re-ranked head is then stage 1's own top k)
+    r1, rp, mapr = _official_reference(q, g, ql, gl, res["stage1_indices"], 7, loo)
+    assert (res["stage1"]["p_at_1"], res["stage1"]["r_precision"], res["stage1"]["map_at_r"]) == pytest.approx(
+        (r1, rp, mapr))
+    strict = evaluate_identification(q, g, ql, gl, k=7, exclude_self=loo, batch_size=4)
+    torch.testing.assert_close(strict["stage2_indices"], res["stage2_indices"])   # same rankings, other scores
+    if loo:   # strict skips the singleton (no relevant face left); official scores it as a miss
+        assert strict["stage2"]["n_skipped"] == 1 and res["stage2"]["n_skipped"] == 0
+
+
+def test_official_protocol_hand_computed():
+    # leave-one-out over labels [0, 0, 1]: embeddings make 0 <-> 1 nearest neighbours, 2 alone
+    e = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    faces = ff.Faces(e, torch.rand(3, 4, 2, 2))
+    lab = torch.tensor([0, 0, 1])
+    res = evaluate_identification(faces, faces, lab, lab, k=1, exclude_self=True, protocol="official")
+    # queries 0, 1: rank [other, ...], R = 2 (self counts, ranked last): P@1 1, R-Prec 1/2, MAP@R 1/2.
+    # query 2: R = 1 (itself, last): 0, 0, 0
+    assert res["stage1"]["p_at_1"] == pytest.approx(2 / 3)
+    assert res["stage1"]["r_precision"] == pytest.approx(1 / 3)
+    assert res["stage1"]["map_at_r"] == pytest.approx(1 / 3)
+    strict = evaluate_identification(faces, faces, lab, lab, k=1, exclude_self=True)
+    assert strict["stage1"]["p_at_1"] == 1.0 and strict["stage1"]["n_skipped"] == 1
+
+
+def test_official_protocol_keeps_an_occluded_querys_original(tiny_ckpt, folder, tmp_path):
+    runs = {}
+    for protocol in ("strict", "official"):
+        out = tmp_path / f"{protocol}.json"
+        assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{tiny_ckpt}", "--occlude", "sunglasses",
+                     "--k", "4", "--protocol", protocol, "--json", str(out), "--quiet"]) == 0
+        runs[protocol] = json.loads(out.read_text())
+    own = lambda q: q["path"] in [item["path"] for item in q["stage1"]]   # noqa: E731
+    assert not any(own(q) for q in runs["strict"]["queries"])
+    assert sum(own(q) for q in runs["official"]["queries"]) >= 9            # its clean self is usually near the top
+    assert runs["official"]["protocol"] == "official"
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        evaluate_identification(random_faces(2), random_faces(3), torch.zeros(2), torch.zeros(3), protocol="dissertation")

@@ -58,3 +58,140 @@ def test_demo_dlib_on_an_image_folder(photos, tmp_path):
     assert [r["occlude"] for r in res] == ["none", "mask", "sunglasses", "crop"]
     assert all(r["grid"] == 4 and r["n_queries"] == 5 for r in res)
     assert os.path.isdir(tmp_path / "flows_mask")
+
+
+# ----------------------------------------------------------------------------- real photographs (issue 11, 2)
+
+def _read(photos, person, name):
+    from PIL import Image
+    return Image.open(os.path.join(photos, person, name)).convert("RGB")
+
+
+def _with_exif_orientation(img, orientation):
+    """img stored so that a viewer applying EXIF `orientation` shows the original again."""
+    from PIL import Image
+    stored = {6: img.transpose(Image.Transpose.ROTATE_90), 8: img.transpose(Image.Transpose.ROTATE_270),
+              3: img.transpose(Image.Transpose.ROTATE_180)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return stored, exif
+
+
+@pytest.fixture(scope="module")
+def messy(photos, tmp_path_factory):
+    """A folder as users have them: a sideways phone photo (EXIF orientation), a corrupt JPEG,
+    a text file named .jpg, and a photograph with two people."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("messy")
+    for person in ("obama", "biden", "pair"):
+        (root / person).mkdir()
+    obama, obama2 = _read(photos, "obama", "obama.jpg"), _read(photos, "obama", "obama2.jpg")
+    biden = _read(photos, "biden", "biden.jpg")
+    obama.save(root / "obama" / "a.jpg", quality=95)
+    stored, exif = _with_exif_orientation(obama2, 6)
+    stored.save(root / "obama" / "sideways.jpg", quality=95, exif=exif)
+    biden.save(root / "biden" / "a.jpg", quality=95)
+    raw = (root / "biden" / "a.jpg").read_bytes()
+    (root / "biden" / "truncated.jpg").write_bytes(raw[:len(raw) // 3])
+    (root / "biden" / "notes.jpg").write_text("not an image")
+    # two faces side by side, obama's scaled up so that it is the larger one
+    o = obama.resize((obama.width * 3 // 2, obama.height * 3 // 2))
+    canvas = Image.new("RGB", (o.width + biden.width, max(o.height, biden.height)), (90, 90, 90))
+    canvas.paste(o, (0, 0))
+    canvas.paste(biden, (o.width, 0))
+    canvas.save(root / "pair" / "two.jpg", quality=95)
+    return str(root)
+
+
+def test_exif_orientation_is_applied(messy):
+    from fastface.data import read_image
+    from fastface.data.align import DlibAligner
+    upright = read_image(os.path.join(messy, "obama", "sideways.jpg"))
+    assert upright.shape[1] > upright.shape[2]                  # portrait again, as the viewer shows it
+    assert DlibAligner().align(os.path.join(messy, "obama", "sideways.jpg")) is not None   # HOG needs upright
+
+
+def test_unreadable_files_are_skipped_and_counted(messy, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["identify", "--gallery", messy, "--backbone", "dlib", "--k", "3", "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_unreadable"] == 2 and sorted(os.path.basename(p) for p in res["unreadable"]) == \
+        ["notes.jpg", "truncated.jpg"]
+    assert res["n_unaligned"] == 0 and res["n_queries"] == 4    # a, sideways, biden a, the pair's largest
+    assert "2 unreadable files skipped" in capsys.readouterr().out
+
+
+def test_all_faces_uses_every_detected_face(messy, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["identify", "--gallery", messy, "--backbone", "dlib", "--k", "3", "--all-faces", "--json",
+                 str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_queries"] == 5
+    pair = [q for q in res["queries"] if q["path"].endswith("two.jpg")]
+    assert len(pair) == 2
+    # the largest face (obama's, scaled up) comes first and finds obama's photos; the second biden's
+    assert pair[0]["stage1"][0]["path"].endswith(("obama/a.jpg", "obama/sideways.jpg"))
+    assert pair[1]["stage1"][0]["path"].endswith("biden/a.jpg")
+
+
+def test_68_point_model_loaded_only_for_landmarks(messy, tmp_path, monkeypatch):
+    import dlib
+
+    from fastface.data.align import SHAPE5_FILE, SHAPE68_FILE
+    loaded = []
+    real = dlib.shape_predictor
+
+    def recording(path):
+        loaded.append(os.path.basename(path))
+        return real(path)
+    monkeypatch.setattr(dlib, "shape_predictor", recording)
+    assert main(["identify", "--gallery", messy, "--backbone", "dlib", "--k", "2", "--quiet"]) == 0
+    assert loaded == [SHAPE5_FILE]
+    assert main(["identify", "--gallery", messy, "--backbone", "dlib", "--k", "2", "--occlude", "mask", "--quiet"]) == 0
+    assert loaded[1:] == [SHAPE5_FILE, SHAPE68_FILE]
+
+
+def test_arguments_checked_before_any_image_is_decoded(messy, monkeypatch, capsys):
+    import fastface.data.folder as folder
+
+    def boom(*a, **k):
+        raise AssertionError("an image was decoded")
+    monkeypatch.setattr(folder, "open_image", boom)
+    for argv, words in ((["--backbone", "dlib:4", "--grid", "8"], ["grid 8", "4x4"]),
+                        (["--backbone", "dlib:4", "--grid", "4", "--weighting", "cc"], ["cc", "128", "256"]),
+                        (["--backbone", "arcface", "--all-faces"], ["all_faces", "--align dlib"]),
+                        (["--k", "0"], ["k must be", "got 0"]),
+                        (["--alpha", "1.5"], ["alpha", "1.5"]),
+                        (["--eps", "-1"], ["eps", "-1"])):
+        assert main(["identify", "--gallery", messy, "--quiet", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        for w in words:
+            assert w in err, (argv, w, err)
+
+
+def test_arcface_template_alignment(photos):
+    """--align dlib: the eyes of the warped face sit on the ArcFace template (dlib's 5-point model
+    run again on the warped face finds them within 2 px at 128 px)."""
+    import dlib
+    import numpy as np
+
+    from fastface.backbones.dlib_resnet import model_path
+    from fastface.data.align import TemplateAligner, eye_centres5
+    aligner = TemplateAligner(size=128)
+    for person, name in (("obama", "obama.jpg"), ("obama", "obama2.jpg"), ("biden", "biden.jpg")):
+        face = aligner.align(os.path.join(photos, person, name), landmarks=False)
+        assert face.chip.shape == (128, 128, 3) and np.isnan(face.landmarks68).all()
+        rects = aligner.detector(face.chip, 1)
+        assert len(rects) == 1, name
+        pts = np.array([(p.x, p.y) for p in aligner.shape5(face.chip, rects[0]).parts()], dtype=np.float64)
+        err = np.linalg.norm(eye_centres5(pts) - aligner.template[:2], axis=1)
+        assert err.max() < 2.0, (name, err)
+        assert dlib is not None and model_path()
+
+
+def test_identify_arcface_with_dlib_alignment(messy, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["identify", "--gallery", messy, "--backbone", "arcface", "--align", "dlib", "--grid", "4",
+                 "--k", "3", "--all-faces", "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_queries"] == 5 and res["n_unreadable"] == 2 and res["align"] == "dlib"

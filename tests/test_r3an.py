@@ -347,7 +347,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         transform_file(tmp_path / "m" / "model.pt", tmp_path / "bad.npy", tmp_path / "o.npy", chunk=0)
     with pytest.raises(ValueError, match="does not exist"):
         transform_file(tmp_path / "nope.pt", tmp_path / "bad.npy", tmp_path / "o.npy")
-    with pytest.raises(ValueError, match="labels must be integer"):
+    with pytest.raises(TypeError, match="labels must hold integer"):
         cross_identification(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4), torch.randn(2, 3))
     with pytest.raises(ValueError, match="gallery must have shape"):
         cross_identification(torch.randn(4, 3), torch.randn(4, 2), torch.zeros(4, dtype=torch.long), torch.randn(2, 3))

@@ -1,28 +1,14 @@
 """SynthFaces (procedural faces) and the landmark-placed occlusions."""
-import importlib.util
 import math
-import pathlib
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from fastface.data import occlusions as occ
+from fastface.data import synthfaces as sf
 
-
-def _load(name, rel):
-    # The conftest imports the installed package; load the data modules from the source tree by path.
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-occ = _load("fastface_data_occlusions_under_test", "fastface/data/occlusions.py")
-sf = _load("fastface_data_synthfaces_under_test", "fastface/data/synthfaces.py")
 SynthFaces = sf.SynthFaces
 
 
@@ -229,31 +215,6 @@ def test_dataset_occlusion_applies():
     assert not torch.equal(c.render_batch(range(8))["image"], plain["image"])
 
 
-def _read_png_size(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return w, h, data[25]
-
-
-def _decode_png(path):
-    """Minimal decoder for the filter-0 PNGs write_png produces (to check the round trip)."""
-    import zlib
-    data = path.read_bytes()
-    pos, idat = 8, b""
-    while pos < len(data):
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        tag = data[pos + 4:pos + 8]
-        if tag == b"IDAT":
-            idat += data[pos + 8:pos + 8 + n]
-        pos += 12 + n
-    w, h, ct = _read_png_size(path)
-    ch = {0: 1, 2: 3, 6: 4}[ct]
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * ch)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(h, w, ch)
-
-
 def test_export_image_folder(tmp_path):
     ds = SynthFaces(n_identities=3, images_per_identity=2, size=32, seed=2)
     n = sf.export_image_folder(ds, tmp_path / "out")
@@ -261,20 +222,9 @@ def test_export_image_folder(tmp_path):
     files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
     assert files == ["0/0.png", "0/1.png", "1/2.png", "1/3.png", "2/4.png", "2/5.png"]
     expect = (ds[3]["image"] * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-    try:
-        from PIL import Image
-        got = np.asarray(Image.open(tmp_path / "out" / "1" / "3.png").convert("RGB"))
-    except ImportError:
-        assert _read_png_size(tmp_path / "out" / "1" / "3.png") == (32, 32, 2)
-        got = _decode_png(tmp_path / "out" / "1" / "3.png")
+    from PIL import Image
+    got = np.asarray(Image.open(tmp_path / "out" / "1" / "3.png").convert("RGB"))
     assert np.array_equal(got, expect)
-    # the pure-python writer on its own, grey and RGB
-    g = (np.arange(12 * 7) % 256).astype(np.uint8).reshape(7, 12)
-    sf.write_png(tmp_path / "g.png", g)
-    assert _read_png_size(tmp_path / "g.png") == (12, 7, 0)
-    assert np.array_equal(_decode_png(tmp_path / "g.png")[:, :, 0], g)
-    with pytest.raises(ValueError):
-        sf.write_png(tmp_path / "bad.png", g.astype(np.float32))
 
 
 def test_render_speed():
@@ -301,3 +251,56 @@ def test_learnable_but_not_trivial(batch):
     print(f"\nnearest-class-mean accuracy on raw pixels: full {full:.3f}, centre 32x32 {centre:.3f} (chance 0.05)")
     assert 1 / 20 < full < 0.8, full
     assert 1 / 20 < centre < 0.8, centre
+
+
+# ----------------------------------------------------------------------------- bad input (issue 11, 1.13)
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("kind", ["mask", "sunglasses", "crop"])
+def test_occlude_rejects_non_finite_landmarks(kind, bad):
+    b = _sample()
+    lm = b["landmarks68"].clone()
+    lm[1, 5, 0] = bad                    # one jaw point of the second face
+    with pytest.raises(ValueError, match=r"landmarks68 must be finite.*1 face.*index 1"):
+        occ.occlude(b["image"], lm, kind, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda ds: ds[1.5], TypeError, ["index", "float", "1.5"]),
+    (lambda ds: ds[True], TypeError, ["index", "bool"]),
+    (lambda ds: ds["0"], TypeError, ["index", "str"]),
+    (lambda ds: ds[torch.tensor([1, 2])], TypeError, ["index", "(2,)"]),
+    (lambda ds: ds[8], IndexError, ["index 8", "length 8"]),
+    (lambda ds: ds.render_batch([0, 1.0]), TypeError, ["indices", "float"]),
+    (lambda ds: ds.render_batch(torch.tensor([0.0, 1.0])), TypeError, ["indices", "torch.float32"]),
+    (lambda ds: ds.render_batch([0, 9]), IndexError, ["indices 9"]),
+    (lambda ds: ds.render_batch(3), TypeError, ["indices", "int"]),
+    (lambda ds: ds.render_batch([0], chunk=0), ValueError, ["chunk", "0"]),
+    (lambda ds: ds.render_batch([0], chunk=2.5), TypeError, ["chunk", "float"]),
+    (lambda ds: ds.identity_of(2.7), TypeError, ["index", "float"]),
+    (lambda ds: ds.traits(5), ValueError, ["identity", "[0, 3]", "5"]),
+    (lambda ds: SynthFaces(seed=1.5), TypeError, ["seed", "float"]),
+    (lambda ds: SynthFaces(seed=-1), ValueError, ["seed", "-1"]),
+    (lambda ds: SynthFaces(seed="0"), TypeError, ["seed", "str"]),
+    (lambda ds: SynthFaces(n_identities=2.0), TypeError, ["n_identities", "float"]),
+    (lambda ds: SynthFaces(size=8), ValueError, ["size", "16", "8"]),
+    (lambda ds: occ.occlude(torch.rand(2, 3, 8, 8).long(), torch.rand(2, 68, 2), "mask"), TypeError, ["images", "int64"]),
+    (lambda ds: occ.occlude(torch.rand(2, 3, 8, 8), [[0.0, 0.0]] * 68, "mask"), TypeError, ["landmarks68", "list"]),
+    (lambda ds: occ.occlude(torch.rand(1, 3, 8, 8), torch.rand(1, 68, 2), "crop", generator=0), TypeError,
+     ["generator", "int"]),
+])
+def test_synthfaces_bad_arguments_named(call, exc, words):
+    ds = SynthFaces(n_identities=4, images_per_identity=2, size=32, seed=3)
+    with pytest.raises(exc) as info:
+        call(ds)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_synthfaces_integer_like_indices_still_work():
+    ds = SynthFaces(n_identities=4, images_per_identity=2, size=32, seed=3)
+    ref = ds.render_batch([0, 7])["image"]
+    torch.testing.assert_close(ds[np.int64(7)]["image"], ref[1])
+    torch.testing.assert_close(ds[torch.tensor(-8)]["image"], ref[0])
+    torch.testing.assert_close(ds.render_batch(torch.tensor([0, -1]), chunk=1)["image"], ref)
+    assert ds.identity_of(np.int32(7)) == 3 and SynthFaces(seed=np.int64(3)).seed == 3

@@ -26,12 +26,15 @@ class DlibEncoder:
     name = "dlib"
     image_size = 150
     channels = 3
+    embedding_dim = 128
+    detects = True
 
     def __init__(self, device="cpu", level=8):
         if isinstance(level, bool) or not isinstance(level, int) or level not in LEVELS:
             raise ValueError(f"level must be one of {sorted(LEVELS)} (the side of the dlib map used as "
                              f"patches), got {level!r}")
         self.grid, self.map_channels = level, LEVELS[level]
+        self.name = "dlib" if level == 8 else f"dlib:{level}"
         self.device = torch.device(device)
         self.net = _network(self.device)
         self._aligner = None
@@ -43,11 +46,11 @@ class DlibEncoder:
             self._aligner = DlibAligner(size=self.image_size, padding=0.25)
         return self._aligner
 
-    def load_images(self, paths, progress=False):
-        """Detect and align faces -> dict(images (N, 3, 150, 150) float [0, 1], landmarks68 (N, 68, 2)
-        chip pixels, ok (N,) bool: False where no face was found (zero image and landmarks))."""
-        images, landmarks, ok = self.aligner.align_many(paths, progress=progress)
-        return {"images": images, "landmarks68": landmarks, "ok": ok}
+    def load_images(self, paths, progress=False, all_faces=False, landmarks=True):
+        """Detect and align faces (the largest per file, or all) -> DlibAligner.align_paths' dict:
+        images (M, 3, 150, 150) float [0, 1], landmarks68 (M, 68, 2) chip pixels (None without
+        landmarks: the 68-point model is then never loaded), source (M,), n_no_face, unreadable."""
+        return self.aligner.align_paths(paths, progress=progress, all_faces=all_faces, landmarks=landmarks)
 
     @torch.no_grad()
     def encode(self, images, batch_size=64):

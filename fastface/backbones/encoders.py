@@ -1,9 +1,14 @@
 """Encoders: a backbone plus how it reads images, behind one interface for `identify` and `demo`.
 
-An encoder has name, image_size, channels, grid (side of its patch map) and
-  load_images(paths, progress) -> dict(images (N, C, S, S) float [0, 1], landmarks68 (N, 68, 2), ok (N,))
+An encoder has name, image_size, channels, grid (side of its patch map), embedding_dim,
+map_channels, detects (whether load_images finds faces) and
+  load_images(paths, progress, all_faces, landmarks) -> dict(images (M, C, S, S) float [0, 1],
+      landmarks68 (M, 68, 2) or None, source (M,) the path index of each face, n_no_face, unreadable)
   encode(images (N, C, S, S), batch_size) -> (embeddings (N, D), patch map (N, C', g, g))
-Specs: "arcface" (the small checkpoint shipped with fastface), "arcface:CKPT", "dlib".
+Specs: "arcface" (the small checkpoint shipped with fastface), "arcface:CKPT",
+"arcface-official:PATH" (DeepFace-EMD's resnet18_110.pth), "dlib", "dlib:LEVEL".
+ArcFace encoders read aligned faces as they are (align="none") or detect and warp every photograph
+to the ArcFace template from dlib's 5-point landmarks (align="dlib").
 """
 import os
 from functools import lru_cache
@@ -28,37 +33,50 @@ def _batched(fn, images, batch_size):
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
 
-class ArcFaceEncoder:
-    """A trained ArcFace ResNet checkpoint (`fastface train backbone`'s model.pt or last.pt)."""
+ALIGNS = ("none", "dlib")
 
-    def __init__(self, checkpoint=DEMO_CHECKPOINT, device="cpu"):
-        from ..train.backbone import BackboneConfig, build_model
-        from ..train.checkpoint import load_checkpoint
-        if not os.path.isfile(checkpoint):
-            raise ValueError(f"arcface checkpoint {checkpoint!r} does not exist")
-        state = load_checkpoint(checkpoint, map_location="cpu")
-        if not isinstance(state, dict) or "model" not in state or "config" not in state:
-            raise ValueError(f"{checkpoint!r} is not a fastface backbone checkpoint (needs 'config' and 'model')")
-        cfg = dict(state["config"])
-        if isinstance(cfg.get("milestones"), list):
-            cfg["milestones"] = tuple(cfg["milestones"])
-        self.config = BackboneConfig(**cfg)
-        self.model = build_model(self.config)
-        self.model.load_state_dict(state["model"])
+
+def _read_aligned(paths, size, channels, progress, landmarks):
+    """Read already-aligned faces: one face per readable file; landmarks from the mean template."""
+    from tqdm import tqdm
+
+    from ..data import UnreadableImage, read_image
+    images, source, unreadable = [], [], []
+    for i, p in enumerate(tqdm(paths, disable=not progress, desc="read images")):
+        try:
+            images.append(read_image(p, size, channels))
+            source.append(i)
+        except UnreadableImage:
+            unreadable.append(os.fspath(p))
+    images = torch.stack(images) if images else torch.zeros(0, channels, size, size)
+    lm = canonical_landmarks68(size).expand(len(source), 68, 2).clone() if landmarks else None
+    return {"images": images, "landmarks68": lm, "source": torch.tensor(source, dtype=torch.int64),
+            "n_no_face": 0, "unreadable": unreadable}
+
+
+class _ArcFaceBase:
+    """What ArcFace encoders share: reading images (aligned already, or aligned with dlib) and encode."""
+
+    def _init_common(self, model, device, align):
+        if align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+        self.model, self.align = model, align
         self.device = torch.device(device)
         self.model.to(self.device).eval()
-        self.name = "arcface" if os.path.abspath(checkpoint) == DEMO_CHECKPOINT else f"arcface:{checkpoint}"
-        self.image_size, self.channels = self.config.image_size, self.config.channels
         self.grid = self.model.map_size[0]
+        self.embedding_dim, self.map_channels = self.model.embedding_dim, self.model.channels
+        self.detects = align == "dlib"
+        self._aligner = None
 
-    def load_images(self, paths, progress=False):
-        from tqdm import tqdm
-
-        from ..data import read_image
-        images = torch.stack([read_image(p, self.image_size, self.channels)
-                              for p in tqdm(paths, disable=not progress, desc="read images")])
-        lm = canonical_landmarks68(self.image_size).expand(len(paths), 68, 2).clone()
-        return {"images": images, "landmarks68": lm, "ok": torch.ones(len(paths), dtype=torch.bool)}
+    def load_images(self, paths, progress=False, all_faces=False, landmarks=True):
+        if self.align == "dlib":
+            if self._aligner is None:
+                from ..data.align import TemplateAligner
+                self._aligner = TemplateAligner(size=self.image_size)
+            return self._aligner.align_paths(paths, progress=progress, all_faces=all_faces, landmarks=landmarks)
+        if all_faces:
+            raise ValueError("all_faces needs face detection: align='dlib' (or the dlib backbone)")
+        return _read_aligned(paths, self.image_size, self.channels, progress, landmarks)
 
     def prepare(self, images):
         """Bring (N, C, H, W) [0, 1] images to the model's channels and size."""
@@ -77,16 +95,78 @@ class ArcFaceEncoder:
         return _batched(run, images, batch_size)
 
 
-def load_encoder(spec, device="cpu"):
-    """Return the encoder named by spec: "arcface" (shipped demo checkpoint), "arcface:CKPT" or "dlib"."""
+class ArcFaceEncoder(_ArcFaceBase):
+    """A trained ArcFace ResNet checkpoint (`fastface train backbone`'s model.pt or last.pt)."""
+
+    def __init__(self, checkpoint=DEMO_CHECKPOINT, device="cpu", align="none"):
+        from ..train.backbone import BackboneConfig, build_model
+        from ..train.checkpoint import load_checkpoint
+        if not os.path.isfile(checkpoint):
+            raise ValueError(f"arcface checkpoint {checkpoint!r} does not exist")
+        state = load_checkpoint(checkpoint, map_location="cpu")
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise ValueError(f"{checkpoint!r} is not a fastface backbone checkpoint (needs 'config' and 'model')")
+        cfg = dict(state["config"])
+        if isinstance(cfg.get("milestones"), list):
+            cfg["milestones"] = tuple(cfg["milestones"])
+        self.config = BackboneConfig(**cfg)
+        model = build_model(self.config)
+        model.load_state_dict(state["model"])
+        self.name = "arcface" if os.path.abspath(checkpoint) == DEMO_CHECKPOINT else f"arcface:{checkpoint}"
+        self.image_size, self.channels = self.config.image_size, self.config.channels
+        self._init_common(model, device, align)
+
+
+class OfficialArcFaceEncoder(_ArcFaceBase):
+    """DeepFace-EMD's official ArcFace ResNet-18 (`resnet18_110.pth`): grey 128 x 128 input in
+    [-1, 1]; grey = ITU-R 601 luma of RGB, as OpenCV's imread(..., 0) that the official code uses."""
+
+    LUMA = (0.299, 0.587, 0.114)
+
+    def __init__(self, path, device="cpu", align="none"):
+        from .official import load_official_arcface
+        model = load_official_arcface(path)
+        self.name = f"arcface-official:{path}"
+        self.image_size, self.channels = model.input_size, model.in_channels
+        self._init_common(model, device, align)
+
+    def prepare(self, images):
+        if images.shape[1] == 3 and self.channels == 1:
+            luma = torch.tensor(self.LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            images = (images * luma).sum(1, keepdim=True)
+        return super().prepare(images) * 2.0 - 1.0               # (x - 0.5) / 0.5
+
+
+def check_backbone_spec(spec):
+    """Validate a backbone spec's syntax without loading anything; return (kind, argument)."""
     if not isinstance(spec, str):
         raise TypeError(f"backbone must be a string like 'dlib' or 'arcface:CKPT', got {type(spec).__name__}")
-    if spec == "arcface":
-        return ArcFaceEncoder(DEMO_CHECKPOINT, device)
-    if spec.startswith("arcface:"):
-        return ArcFaceEncoder(spec.split(":", 1)[1], device)
-    if spec == "dlib" or spec.startswith("dlib:"):
-        from .dlib_encoder import DlibEncoder
-        level = int(spec.split(":", 1)[1]) if ":" in spec else 8
-        return DlibEncoder(device=device, level=level)
-    raise ValueError(f"backbone must be 'arcface', 'arcface:CKPT', 'dlib' or 'dlib:LEVEL', got {spec!r}")
+    if spec in ("arcface", "dlib"):
+        return spec, None
+    kind, _, arg = spec.partition(":")
+    if kind in ("arcface", "arcface-official") and arg:
+        return kind, arg
+    if kind == "dlib" and arg:
+        from .dlib_encoder import LEVELS
+        if not arg.isdigit() or int(arg) not in LEVELS:
+            raise ValueError(f"backbone dlib:LEVEL needs LEVEL in {sorted(LEVELS)} (the side of the dlib "
+                             f"map used as patches), got {spec!r}")
+        return kind, int(arg)
+    raise ValueError(f"backbone must be 'arcface', 'arcface:CKPT', 'arcface-official:PATH', 'dlib' or "
+                     f"'dlib:LEVEL', got {spec!r}")
+
+
+def load_encoder(spec, device="cpu", align="none"):
+    """Return the encoder named by spec: "arcface" (shipped demo checkpoint), "arcface:CKPT",
+    "arcface-official:PATH" (DeepFace-EMD's resnet18_110.pth) or "dlib" / "dlib:LEVEL".
+    align: "none" (ArcFace encoders read aligned faces) or "dlib" (detect and warp to the ArcFace
+    template); the dlib backbone always aligns with dlib's own chips."""
+    kind, arg = check_backbone_spec(spec)
+    if align not in ALIGNS:
+        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+    if kind == "arcface":
+        return ArcFaceEncoder(DEMO_CHECKPOINT if arg is None else arg, device, align)
+    if kind == "arcface-official":
+        return OfficialArcFaceEncoder(arg, device, align)
+    from .dlib_encoder import DlibEncoder
+    return DlibEncoder(device=device, level=8 if arg is None else arg)

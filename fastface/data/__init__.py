@@ -1,6 +1,6 @@
 """Data without downloads: the SynthFaces procedural data set, occlusions, image folders."""
-from .folder import ImageFolder, read_image, scan_image_folder
+from .folder import ImageFolder, UnreadableImage, open_image, read_image, scan_image_folder
 from .occlusions import KINDS as OCCLUSIONS, occlude
-from .synthfaces import SynthFaces, export_image_folder, write_png
+from .synthfaces import SynthFaces, export_image_folder
 
-__all__ = ["ImageFolder", "read_image", "scan_image_folder", "SynthFaces", "occlude", "OCCLUSIONS", "export_image_folder", "write_png"]
+__all__ = ["ImageFolder", "UnreadableImage", "open_image", "read_image", "scan_image_folder", "SynthFaces", "occlude", "OCCLUSIONS", "export_image_folder"]

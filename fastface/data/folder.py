@@ -4,6 +4,8 @@ import os
 import numpy as np
 import torch
 
+from ._args import as_int
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 
@@ -30,17 +32,30 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS):
     return paths, labels, kept
 
 
-def read_image(path, size=None, channels=3):
-    """Read an image as a float32 (C, H, W) tensor in [0, 1] (resized to size x size if given)."""
+class UnreadableImage(ValueError):
+    """A file that is not a decodable image (corrupt, truncated, not an image)."""
+
+
+def open_image(path, mode="RGB"):
+    """Decode path as a PIL image in mode ("RGB" or "L") with its EXIF orientation applied (a
+    phone photo stored sideways comes out upright). Raises UnreadableImage naming the file."""
+    from PIL import Image, ImageOps
     try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - pillow ships with the dlib extra and the README set-up
-        raise ImportError("reading image folders needs pillow: pip install pillow") from e
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)     # a copy, decoded
+            return im.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot read image {os.fspath(path)!r}: {type(e).__name__}: {e}") from e
+
+
+def read_image(path, size=None, channels=3):
+    """Read an image as a float32 (C, H, W) tensor in [0, 1] (EXIF orientation applied; resized to
+    size x size if given). Raises UnreadableImage for a corrupt or non-image file."""
+    from PIL import Image
+    im = open_image(path, "L" if channels == 1 else "RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
@@ -50,8 +65,7 @@ class ImageFolder(torch.utils.data.Dataset):
     [0, 1] and identity (int), plus path. Identities are numbered in sorted-name order."""
 
     def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-            raise ValueError(f"size must be an int >= 8, got {size!r}")
+        size = as_int("size", size, min_value=8)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.root, self.size, self.channels = os.fspath(root), size, channels
@@ -63,7 +77,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        index = int(index)
+        index = as_int("index", index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for ImageFolder of length {len(self)}")
         return {"image": read_image(self.paths[index], self.size, self.channels),
@@ -71,6 +85,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def load_all(self, indices=None):
         """Return (images (N, C, S, S), labels (N,)) for the given indices (default all)."""
-        idx = range(len(self)) if indices is None else [int(i) for i in indices]
+        n = len(self)
+        idx = range(n) if indices is None else [as_int("indices", i, min_value=-n, max_value=n - 1) % n
+                                                for i in indices]
         images = torch.stack([read_image(self.paths[i], self.size, self.channels) for i in idx])
         return images, self.labels[list(idx)]

@@ -17,19 +17,31 @@ _MASK_PLEAT_RGB = (0.60, 0.74, 0.85)
 _SUNGLASSES_RGB = (0.05, 0.05, 0.07)
 
 
-def _check(images, landmarks68):
+def _check(images, landmarks68, generator):
+    """Validate occlude's inputs; return the landmarks as a float tensor of the images' dtype."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise ValueError(f"images must be a floating torch.Tensor of shape (B, C, H, W), got "
-                         f"{type(images).__name__}{'' if not isinstance(images, torch.Tensor) else ' ' + str(images.dtype)}")
+        got = type(images).__name__ + (f" {images.dtype}" if isinstance(images, torch.Tensor) else "")
+        raise TypeError(f"images must be a floating torch.Tensor of shape (B, C, H, W), got {got}")
     if images.dim() != 4:
         raise ValueError(f"images must have shape (B, C, H, W), got shape {tuple(images.shape)}")
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
     if not isinstance(landmarks68, torch.Tensor):
-        raise ValueError(f"landmarks68 must be a torch.Tensor of shape (B, 68, 2), got {type(landmarks68).__name__}")
+        raise TypeError(f"landmarks68 must be a torch.Tensor of shape (B, 68, 2), got {type(landmarks68).__name__}")
+    if landmarks68.dtype.is_complex or landmarks68.dtype == torch.bool:
+        raise TypeError(f"landmarks68 must hold real pixel coordinates, got {landmarks68.dtype}")
     if landmarks68.dim() != 3 or tuple(landmarks68.shape[1:]) != (68, 2) or landmarks68.shape[0] != images.shape[0]:
         raise ValueError(f"landmarks68 must have shape ({images.shape[0]}, 68, 2) to match images "
                          f"{tuple(images.shape)}, got shape {tuple(landmarks68.shape)}")
+    lm = landmarks68.to(images.dtype)
+    bad = ~torch.isfinite(lm).flatten(1).all(1)                      # (B,)
+    if bool(bad.any()):   # a NaN polygon draws nothing: refuse instead of returning the face unoccluded
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"landmarks68 must be finite, got NaN or inf in {len(rows)} face(s), "
+                         f"first at index {rows[0]}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return lm
 
 
 def _colour(rgb, C, ref):
@@ -138,9 +150,8 @@ def occlude(images, landmarks68, kind, generator=None, return_landmarks=False):
     """
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(repr(k) for k in KINDS)}, got {kind!r}")
-    _check(images, landmarks68)
+    lm = _check(images, landmarks68, generator)
     B, C, H, W = images.shape
-    lm = landmarks68.to(images.dtype)
     if kind == "none":
         out = images.clone()
     elif kind == "mask":

@@ -12,33 +12,15 @@ centre ((size - 1) / 2) and pixel (row i, column j) centred at (x, y) = (j, i).
 """
 import math
 import os
-import struct
-import zlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    from . import occlusions as _occ
-except ImportError:  # loaded standalone (by path): find or load occlusions.py next to this file
-    import importlib.util
-    import sys
+from . import occlusions as _occ
+from ._args import as_int as _as_int
 
-    _OCC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "occlusions.py")
-    _occ = None
-    for _m in list(sys.modules.values()):
-        _f = getattr(_m, "__file__", None)
-        if _f and os.path.abspath(_f) == _OCC_PATH:
-            _occ = _m
-            break
-    if _occ is None:
-        _spec = importlib.util.spec_from_file_location("_fastface_data_occlusions", _OCC_PATH)
-        _occ = importlib.util.module_from_spec(_spec)
-        sys.modules["_fastface_data_occlusions"] = _occ
-        _spec.loader.exec_module(_occ)
-
-__all__ = ["SynthFaces", "export_image_folder", "write_png", "LANDMARKS5_FROM_68"]
+__all__ = ["SynthFaces", "export_image_folder", "LANDMARKS5_FROM_68"]
 
 # ---------------------------------------------------------------------------------------------
 # Attributes
@@ -198,14 +180,12 @@ class SynthFaces(torch.utils.data.Dataset):
 
     def __init__(self, n_identities=100, images_per_identity=10, size=64, channels=3, seed=0,
                  occlusion=None):
-        for name, val in (("n_identities", n_identities), ("images_per_identity", images_per_identity),
-                          ("size", size)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val <= 0:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if size < 16:
-            raise ValueError(f"size must be >= 16, got {size}")
-        if channels not in (1, 3):
+        n_identities = _as_int("n_identities", n_identities, min_value=1)
+        images_per_identity = _as_int("images_per_identity", images_per_identity, min_value=1)
+        size = _as_int("size", size, min_value=16)
+        if _as_int("channels", channels) not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        seed = _as_int("seed", seed, min_value=0)   # numpy's generators take non-negative seeds
         if occlusion is not None and occlusion not in _occ.KINDS:
             raise ValueError(f"occlusion must be None or one of {', '.join(repr(k) for k in _occ.KINDS)}, "
                              f"got {occlusion!r}")
@@ -217,24 +197,25 @@ class SynthFaces(torch.utils.data.Dataset):
     def __len__(self):
         return self.n_identities * self.images_per_identity
 
+    def _index(self, index, name="index"):
+        """An int in [-len, len) -> the non-negative index; IndexError outside, TypeError for non-ints."""
+        index, n = _as_int(name, index), len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{name} {index} out of range for SynthFaces of length {n}")
+        return index % n
+
     def identity_of(self, index):
-        return int(index) // self.images_per_identity
+        return self._index(index) // self.images_per_identity
 
     def traits(self, identity):
+        identity = _as_int("identity", identity, min_value=0, max_value=self.n_identities - 1)
         tr = self._traits.get(identity)
         if tr is None:
             tr = self._traits[identity] = identity_traits(self.seed, identity)
         return tr
 
     def __getitem__(self, index):
-        if isinstance(index, torch.Tensor):
-            index = int(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for SynthFaces of length {n}")
-        out = self.render_batch([index])
+        out = self.render_batch([self._index(index)])
         return {k: (int(v[0]) if k == "identity" else v[0]) for k, v in out.items()}
 
     def __getitems__(self, indices):
@@ -335,13 +316,14 @@ class SynthFaces(torch.utils.data.Dataset):
 
     def render_batch(self, indices, chunk=64):
         """Render the given indices at once (in chunks of `chunk`); returns a dict of stacked tensors."""
+        chunk = _as_int("chunk", chunk, min_value=1)
         if isinstance(indices, torch.Tensor):
-            indices = indices.tolist()
-        indices = [int(i) for i in indices]
-        n = len(self)
-        for i in indices:
-            if not 0 <= i < n:
-                raise IndexError(f"index {i} out of range for SynthFaces of length {n}")
+            if indices.dim() != 1:
+                raise ValueError(f"indices must be one-dimensional, got shape {tuple(indices.shape)}")
+            indices = list(indices.unbind()) if indices.numel() else []
+        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"indices must be a sequence of ints, got {type(indices).__name__}")
+        indices = [self._index(i, "indices") for i in indices]
         if not indices:
             raise ValueError("indices must not be empty")
         parts = [self._render_chunk(indices[s:s + chunk]) for s in range(0, len(indices), chunk)]
@@ -579,43 +561,9 @@ def _blur(img, sigma):
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
-def write_png(path, array):
-    """Write a uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) as PNG with zlib + struct."""
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        raise ValueError(f"array must be uint8, got {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        colour_type = 0
-    elif a.ndim == 3 and a.shape[2] in (3, 4):
-        colour_type = 2 if a.shape[2] == 3 else 6
-    else:
-        raise ValueError(f"array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
-    H, W = a.shape[:2]
-    rows = np.ascontiguousarray(a).reshape(H, -1)
-    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(H))
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, colour_type, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    with open(path, "wb") as fh:
-        fh.write(png)
-
-
-def _save_png(path, arr):
-    try:
-        from PIL import Image
-    except ImportError:
-        write_png(path, arr)
-        return
-    Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).save(path)
-
-
 def export_image_folder(dataset, root, batch_size=256):
     """Write every image of a SynthFaces data set as root/<identity>/<index>.png; return the count."""
+    from PIL import Image
     os.makedirs(root, exist_ok=True)
     n = len(dataset)
     for start in range(0, n, batch_size):
@@ -629,5 +577,5 @@ def export_image_folder(dataset, root, batch_size=256):
             d = os.path.join(root, str(ident))
             os.makedirs(d, exist_ok=True)
             arr = (im.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-            _save_png(os.path.join(d, f"{i}.png"), arr)
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(os.path.join(d, f"{i}.png"))
     return n

@@ -9,17 +9,7 @@ P@1 is the same query against every other probe image (gallery side) plus the di
 """
 import torch
 
-from ..reference import unit_rows
-
-
-def _features(name, t, dim=None):
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t)
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {t.dtype}")
-    if t.dim() != 2 or (dim is not None and t.shape[1] != dim):
-        raise ValueError(f"{name} must have shape (N, {dim if dim is not None else 'D'}), got {tuple(t.shape)}")
-    return unit_rows(t.double())
+from .metrics import _as_long, best_similarity, block_rows, unit_features
 
 
 def cross_identification(query, gallery, labels, distractors):
@@ -30,27 +20,35 @@ def cross_identification(query, gallery, labels, distractors):
     top1: over ordered same-identity pairs (a, b), a != b, the rate at which query[a] is closer
     (cosine) to gallery[b] than to every distractor. p_at_1: the rate at which query[a]'s nearest
     item among gallery[b != a] and the distractors has a's identity.
+    Works in blocks: memory O(P * block) whatever the number of distractors.
     """
-    q = _features("query", query)
-    g = _features("gallery", gallery, q.shape[1])
-    d = _features("distractors", distractors, q.shape[1])
-    labels = torch.as_tensor(labels)
-    if labels.dtype.is_floating_point or labels.shape != (q.shape[0],) or g.shape[0] != q.shape[0]:
-        raise ValueError(f"labels must be integer (P,) with query and gallery (P, D): got labels "
-                         f"{tuple(labels.shape)} {labels.dtype}, query {tuple(q.shape)}, gallery {tuple(g.shape)}")
-    labels = labels.long()
-    eye = torch.eye(q.shape[0], dtype=torch.bool)
-    pairs = (labels[:, None] == labels[None, :]) & ~eye
-    if not bool(pairs.any()):
+    q = unit_features("query", query)
+    g = unit_features("gallery", gallery, q.shape[1])
+    d = unit_features("distractors", distractors, q.shape[1])
+    labels = _as_long("labels", labels)
+    if labels.shape != (q.shape[0],) or g.shape[0] != q.shape[0]:
+        raise ValueError(f"labels must be (P,) with query and gallery (P, D): got labels "
+                         f"{tuple(labels.shape)}, query {tuple(q.shape)}, gallery {tuple(g.shape)}")
+    best_d = best_similarity(q, d)                                              # (P,)
+    n_pairs = wins = hits = n_keep = 0
+    step = block_rows(q.shape[0])
+    for s in range(0, q.shape[0], step):                                        # query rows in blocks
+        rows = torch.arange(s, min(s + step, q.shape[0]))
+        own = (torch.arange(len(rows)), rows)
+        pairs = labels[rows, None] == labels[None, :]                           # (b, P)
+        pairs[own] = False
+        sim = q[rows] @ g.T                                                     # (b, P)
+        n_pairs += int(pairs.sum())
+        wins += int((pairs & (sim > best_d[rows, None])).sum())
+        sim[own] = -3.0
+        best_g, arg = sim.max(1)
+        keep = pairs.any(1)
+        hit = (labels[arg] == labels[rows]) & (best_g > best_d[rows])
+        hits += int((hit & keep).sum())
+        n_keep += int(keep.sum())
+    if n_pairs == 0:
         raise ValueError("cross_identification needs an identity with two probe images")
-    sim = q @ g.T                                                     # (P, P)
-    best_d = (q @ d.T).amax(1) if d.shape[0] else torch.full((q.shape[0],), -2.0, dtype=q.dtype)
-    top1 = (sim > best_d[:, None])[pairs].double().mean().item()
-    sim = sim.masked_fill(eye, -3.0)
-    best_g, arg = sim.max(1)
-    hit = (labels[arg] == labels) & (best_g > best_d)
-    keep = pairs.any(1)
-    return {"top1": top1, "p_at_1": hit[keep].double().mean().item()}
+    return {"top1": wins / n_pairs, "p_at_1": hits / n_keep}
 
 
 def cmfr_scores(source, target, labels, transform=None, mode="probe"):

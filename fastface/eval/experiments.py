@@ -30,9 +30,8 @@ def _load(backbone, images, n_identities, device, progress):
         return enc, sp["gallery"], sp["queries"], False, f"SynthFaces held-out split ({n_identities} identities)"
     paths, labels, _ = scan_image_folder(images)
     data = enc.load_images(paths, progress=progress)
-    keep = data["ok"].nonzero().flatten()
-    g = (data["images"][keep], data["landmarks68"][keep], torch.tensor(labels)[keep])
-    return enc, g, g, True, f"{images} (leave-one-out, {len(keep)} faces)"
+    g = (data["images"], data["landmarks68"], torch.tensor(labels)[data["source"]])
+    return enc, g, g, True, f"{images} (leave-one-out, {len(g[2])} faces)"
 
 
 def synthfaces_check(enc, n_identities=200, train_per_identity=20, test_per_identity=4, seed=0):
@@ -75,8 +74,9 @@ def synthfaces_check(enc, n_identities=200, train_per_identity=20, test_per_iden
 
 
 def run_emd_experiments(out_dir, backbone="arcface", images=None, n_identities=100, k=100, device="cpu",
-                        progress=True, plots=True, check_identities=200, echo=print):
-    """Run all tables; return the results dict (also written to out_dir/results.json)."""
+                        progress=True, plots=True, check_identities=200, echo=print, protocol="strict"):
+    """Run all tables; return the results dict (also written to out_dir/results.json).
+    protocol: "strict" or "official" (eval.identification); the tables say which."""
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     enc, (g_img, g_lm, g_lab), (q_img0, q_lm0, q_lab), loo, what = _load(backbone, images, n_identities,
@@ -92,8 +92,9 @@ def run_emd_experiments(out_dir, backbone="arcface", images=None, n_identities=1
         qe, qm, ql = queries[occ]
         res = evaluate_identification(make_faces(qe, qm, ql, enc.image_size, grid),
                                       make_faces(g_emb, g_map, g_lm, enc.image_size, grid), q_lab, g_lab,
-                                      k=k, alpha=alpha, weighting=weighting, exclude_self=loo,
-                                      emd_stage1=emd_stage1)
+                                      k=k, alpha=alpha, weighting=weighting,
+                                      exclude_self=loo and (protocol == "strict" or occ == "none"),
+                                      emd_stage1=emd_stage1, protocol=protocol)
         res.update(setting=setting, occlusion=occ, grid=grid, weighting=weighting, alpha=alpha)
         return public(res)
 
@@ -101,11 +102,14 @@ def run_emd_experiments(out_dir, backbone="arcface", images=None, n_identities=1
         return weighting != "cc" or g_emb.shape[1] == g_map.shape[1]
 
     check = synthfaces_check(enc, check_identities) if images is None and check_identities else []
-    results = {"data": what, "backbone": enc.name, "k": k, "table_5_2": [], "alpha_sweep": [],
+    results = {"data": what, "backbone": enc.name, "k": k, "protocol": protocol, "table_5_2": [], "alpha_sweep": [],
                "table_5_3": [], "table_5_4": []}
     sections = [f"# DeepFace-EMD experiments: {what}, backbone {enc.name}, k = {k}", "",
                 f"Stage 1 = cosine on the embedding; stage 2 = re-rank of the top-{k} by "
-                f"alpha*EMD + (1-alpha)*(1-cos). Metrics in %. `max prec.` = P@1 of a perfect re-ranking."]
+                f"alpha*EMD + (1-alpha)*(1-cos). Metrics in %. `max prec.` = P@1 of a perfect re-ranking.",
+                "", f"Protocol: **{protocol}** (" + ("each query's top-k list is scored; leave-one-out removes the "
+                "query" if protocol == "strict" else "as the official DeepFace-EMD code: the whole ranking is scored, "
+                "the query counts in R and is ranked last, occluded queries keep their clean original") + ")."]
     if check:
         results["synthfaces_check"] = [{"model": m, "occlusion": o, "accuracy": acc} for m, o, acc in check]
         sections += ["", f"### SynthFaces check: closed-set identification of held-out images ({check_identities} "

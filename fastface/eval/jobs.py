@@ -87,46 +87,110 @@ def pick_fixed_query(result, query_labels, gallery_labels):
     return 0
 
 
+WEIGHTINGS = ("uniform", "apc", "sc", "cc", "lmk")
+
+
+def check_identify_args(enc, *, k, alpha, weighting, grid, eps, max_iter, batch_size, n_flows, occlude,
+                        protocol, all_faces):
+    """Validate identify's arguments against the encoder before any image is decoded."""
+    import math
+
+    from ..data import OCCLUSIONS
+    from ..data._args import as_int
+    from .identification import PROTOCOLS
+    as_int("k", k, min_value=1)
+    as_int("max_iter", max_iter, min_value=1)
+    as_int("batch_size", batch_size, min_value=1)
+    as_int("n_flows", n_flows, min_value=0)
+    grid = as_int("grid", grid, min_value=1)
+    for name, value, lo, hi in (("alpha", alpha, 0.0, 1.0), ("eps", eps, 0.0, math.inf)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (lo <= value <= hi and math.isfinite(value)) or (name == "eps" and value <= 0):
+            raise ValueError(f"{name} must be {'in [0, 1]' if name == 'alpha' else 'a finite number > 0'}, got {value}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if occlude not in OCCLUSIONS:
+        raise ValueError(f"occlude must be one of {OCCLUSIONS}, got {occlude!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if enc.grid % grid:
+        raise ValueError(f"grid {grid} does not divide backbone {enc.name}'s {enc.grid}x{enc.grid} patch map "
+                         f"(use --grid {enc.grid} or a divisor of it)")
+    if weighting == "cc" and enc.embedding_dim != enc.map_channels:
+        raise ValueError(f"weighting 'cc' needs embeddings with as many dimensions as the patches have channels; "
+                         f"backbone {enc.name} has {enc.embedding_dim} and {enc.map_channels}")
+    if all_faces and not enc.detects:
+        raise ValueError(f"all_faces needs face detection: backbone {enc.name} reads aligned faces "
+                         "(use --backbone dlib or --align dlib)")
+
+
+def _subset(data, keep):
+    """Rows keep (M',) of an encoder's load_images dict."""
+    out = dict(data)
+    for key in ("images", "landmarks68", "source"):
+        if out[key] is not None:
+            out[key] = out[key][keep]
+    return out
+
+
+def ranked_lists(res, i, names, paths, labels):
+    """Query i's top-k of both stages: [{identity, path, score...}] in rank order."""
+    def item(j, **scores):
+        return {"identity": names[int(labels[j])], "path": paths[j], **{k: float(v) for k, v in scores.items()}}
+    s1 = [item(int(j), cosine=c) for j, c in zip(res["stage1_indices"][i], res["stage1_cosine"][i])]
+    s2 = [item(int(j), distance=d, emd=e, cosine=c) for j, d, e, c in
+          zip(res["stage2_indices"][i], res["stage2_distance"][i], res["stage2_emd"][i], res["stage2_cosine"][i])]
+    return s1, s2
+
+
 def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, alpha=0.7,
                  weighting="apc", grid=8, eps=0.05, max_iter=100, device="cpu", batch_size=64,
-                 json_out=None, flows_dir=None, n_flows=8, impl="auto", progress=True, echo=print):
-    """`fastface identify`: image folders (DIR/<identity>/<image>); leave-one-out when queries is None."""
+                 json_out=None, flows_dir=None, n_flows=8, impl="auto", progress=True, echo=print,
+                 protocol="strict", all_faces=False, align="none"):
+    """`fastface identify`: image folders (DIR/<identity>/<image>); leave-one-out when queries is None.
+
+    Unreadable files are skipped and counted (n_unreadable), as are files without a detected face
+    (n_unaligned); all_faces uses every detected face of a file (each labelled with its folder's
+    identity), else the largest. protocol "official" scores as the public DeepFace-EMD code does
+    (eval.identification); with occlusions in leave-one-out it keeps each query's clean original in
+    the gallery, as the official protocol does."""
     from ..backbones import load_encoder
     from ..data import scan_image_folder
-    enc = load_encoder(backbone, device)
+    enc = load_encoder(backbone, device, align)
+    check_identify_args(enc, k=k, alpha=alpha, weighting=weighting, grid=grid, eps=eps, max_iter=max_iter,
+                        batch_size=batch_size, n_flows=n_flows, occlude=occlude, protocol=protocol,
+                        all_faces=all_faces)
     g_paths, g_labels, g_names = scan_image_folder(gallery)
-    t0 = time.perf_counter()
-    g = enc.load_images(g_paths, progress=progress)
-    if queries is None:
-        q, q_labels, q_paths, exclude_self = g, list(g_labels), g_paths, True
-    else:
+    if queries is not None:
         q_paths, q_lab, q_names = scan_image_folder(queries)
-        name_to_label = {n: i for i, n in enumerate(g_names)}
-        # identities are matched by folder name; unknown names get fresh labels (no relevant faces)
-        extra = {n: len(g_names) + i for i, n in enumerate(sorted(set(q_names) - set(g_names)))}
-        q_labels = [name_to_label.get(q_names[l], extra.get(q_names[l])) for l in q_lab]
-        q, exclude_self = enc.load_images(q_paths, progress=progress), False
-    g_labels = torch.tensor(g_labels)
-    q_labels = torch.tensor(q_labels)
-    # drop faces the aligner could not find (dlib): they cannot be matched
-    g_ok, q_ok = g["ok"], q["ok"]
-    if exclude_self:
-        keep = g_ok.nonzero().flatten()
-        g = {k_: v[keep] for k_, v in g.items()}
-        q, g_labels = g, g_labels[keep]
-        q_labels, q_paths = g_labels, [g_paths[i] for i in keep.tolist()]
+    need_landmarks = occlude != "none" or weighting == "lmk"
+    load = lambda paths: enc.load_images(paths, progress=progress, all_faces=all_faces, landmarks=need_landmarks)
+    t0 = time.perf_counter()
+    g = load(g_paths)
+    names = list(g_names)
+    if queries is None:
+        q, q_paths = g, g_paths
+        q_labels = g_labels = torch.tensor(g_labels)[g["source"]]
     else:
-        gk, qk = g_ok.nonzero().flatten(), q_ok.nonzero().flatten()
-        g, g_labels = {k_: v[gk] for k_, v in g.items()}, g_labels[gk]
-        q, q_labels = {k_: v[qk] for k_, v in q.items()}, q_labels[qk]
-        q_paths = [q_paths[i] for i in qk.tolist()]
-    n_dropped = int((~g_ok).sum()) + (0 if exclude_self else int((~q_ok).sum()))
+        # identities are matched by folder name; unknown names get fresh labels (no relevant faces)
+        names += sorted(set(q_names) - set(g_names))
+        label_of = {n: i for i, n in enumerate(names)}
+        q = load(q_paths)
+        q_labels = torch.tensor([label_of[q_names[l]] for l in q_lab], dtype=torch.int64)[q["source"]]
+        g_labels = torch.tensor(g_labels)[g["source"]]
+    n_unreadable = len(g["unreadable"]) + (0 if queries is None else len(q["unreadable"]))
+    n_dropped = g["n_no_face"] + (0 if queries is None else q["n_no_face"])
+    if len(g_labels) == 0 or len(q_labels) == 0:
+        raise ValueError(f"no usable faces: {n_unreadable} unreadable files, {n_dropped} without a detected face")
     t_load = time.perf_counter() - t0
     q_images, q_lm = occlude_queries(q["images"], q["landmarks68"], occlude)
+    # leave-one-out: strict removes the query; official keeps an occluded query's clean original
+    exclude_self = queries is None and not (protocol == "official" and occlude != "none")
     t0 = time.perf_counter()
     from .identification import extract_features
     g_emb, g_map = extract_features(enc, g["images"], batch_size, progress, "gallery features")
-    if exclude_self and occlude in (None, "none"):
+    if queries is None and occlude in (None, "none"):
         q_emb, q_map = g_emb, g_map
     else:
         q_emb, q_map = extract_features(enc, q_images, batch_size, progress, "query features")
@@ -136,22 +200,35 @@ def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, 
     res = evaluate_identification(query_faces, gallery_faces, q_labels, g_labels, k=k, alpha=alpha,
                                   weighting=weighting, eps=eps, max_iter=max_iter, exclude_self=exclude_self,
                                   batch_size=batch_size, impl=impl, progress=progress,
-                                  keep_flows=n_flows if flows_dir else 0)
-    res.update(setting=f"{backbone} occlude={occlude} grid={grid} {weighting} alpha={alpha}",
-               time_load_s=t_load, time_features_s=t_feat, n_unaligned=n_dropped,
-               backbone=backbone, occlude=occlude, grid=grid, weighting=weighting, alpha=alpha)
+                                  keep_flows=n_flows if flows_dir else 0, protocol=protocol)
+    res.update(setting=f"{enc.name} occlude={occlude} grid={grid} {weighting} alpha={alpha}",
+               time_load_s=t_load, time_features_s=t_feat, n_unaligned=n_dropped, n_unreadable=n_unreadable,
+               unreadable=g["unreadable"] + ([] if queries is None else q["unreadable"]),
+               backbone=backbone, occlude=occlude, grid=grid, weighting=weighting, alpha=alpha,
+               all_faces=all_faces, align=align)
+    leave = " (leave-one-out)" if queries is None else ""
     echo(format_report([res], f"fastface identify: {len(q_labels)} queries, {len(g_labels)} gallery faces, "
-                              f"k={res['k']}" + (" (leave-one-out)" if exclude_self else "")))
+                              f"k={res['k']}, protocol {protocol}{leave}"))
+    skipped = [f"{n_dropped} images without a detected face skipped" if n_dropped else "",
+               f"{n_unreadable} unreadable files skipped" if n_unreadable else ""]
     echo(f"\nload {t_load:.2f} s, features {t_feat:.2f} s, stage 1 {res['time_stage1_s']:.3f} s, "
          f"stage 2 {res['time_stage2_s']:.3f} s ({res['ms_per_query_stage2']:.2f} ms/query)"
-         + (f"; {n_dropped} images without a detected face skipped" if n_dropped else ""))
+         + "".join(f"; {m}" for m in skipped if m))
+    q_face_paths = [q_paths[i] for i in q["source"].tolist()]
+    g_face_paths = [g_paths[i] for i in g["source"].tolist()]
     if flows_dir:
         paths = write_flow_figures(flows_dir, res, q_images, g["images"], q_labels, g_labels, grid, n_flows,
                                    query_faces, gallery_faces, weighting)
         echo(f"flow figures: {len(paths)} PNGs in {flows_dir}")
     if json_out:
+        out = public(res)
+        out["queries"] = []
+        for i in range(len(q_labels)):
+            s1, s2 = ranked_lists(res, i, names, g_face_paths, g_labels)
+            out["queries"].append({"path": q_face_paths[i], "identity": names[int(q_labels[i])],
+                                   "stage1": s1, "stage2": s2})
         with open(json_out, "w") as fh:
-            json.dump(public(res), fh, indent=2)
+            json.dump(out, fh, indent=2)
         echo(f"wrote {json_out}")
     return res
 

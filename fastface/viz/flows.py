@@ -336,11 +336,6 @@ def save_png(path, image):
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
-    try:
-        from PIL import Image
-    except ImportError:
-        from ..data import write_png
-        write_png(path, arr)
-    else:
-        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(path, format="PNG")
+    from PIL import Image
+    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(path, format="PNG")
     return path

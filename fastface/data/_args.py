@@ -1,0 +1,58 @@
+"""Argument checks shared by fastface.data and fastface.eval (tensors: fastface._checks).
+
+Errors name the argument, what was expected and what was given.
+"""
+import numbers
+
+import numpy as np
+import torch
+
+
+def _kind(value):
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (numbers.Number, str)) else type(value).__name__
+
+
+def as_int(name, value, *, min_value=None, max_value=None):
+    """value: a Python/numpy int or a 0-d integer tensor (not bool, not float) -> int within
+    [min_value, max_value] (None: unbounded)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_kind(value)}")
+    value = int(value)
+    if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
+        lo = "-inf" if min_value is None else min_value
+        hi = "inf" if max_value is None else max_value
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value}")
+    return value
+
+
+def as_int_tensor(name, value):
+    """Integer labels or indices (tensor, array or list of ints; not bool, not float) -> int64 tensor."""
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be integers (a tensor, array or list), got {_kind(value)}") from e
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer labels or indices, got {t.dtype}")
+    return t.long()
+
+
+def as_float_tensor(name, value, ndim=None):
+    """Finite real numbers (tensor, array or list) -> float64 tensor of ndim dimensions."""
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be real numbers (a tensor, array or list), got {_kind(value)}") from e
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
+    t = t.to(torch.float64)
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} must be finite, got {bad} NaN or inf value(s)")
+    return t
