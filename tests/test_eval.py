@@ -59,6 +59,7 @@ def test_tpr_at_fpr():
     assert out[0.0] == pytest.approx(1 / 3)   # no negative may pass: threshold above 0.8
     assert out[0.1] == pytest.approx(1 / 3)   # 1 of 5 negatives is already 0.2
     assert out[0.2] == pytest.approx(1.0)     # threshold 0.5 lets only the 0.8 negative through
+    assert tpr_at_fpr(scores, same, fprs=(f for f in (0.0, 0.2))) == {0.0: out[0.0], 0.2: out[0.2]}
 
 
 def test_identification_with_distractors():

@@ -177,11 +177,12 @@ def tpr_at_fpr(scores, same, fprs=(1e-3, 1e-2, 1e-1)):
     if n_neg == 0 or n_pos == 0:
         raise ValueError(f"tpr_at_fpr needs both positive and negative pairs, got {n_pos} positive "
                          f"and {n_neg} negative")
-    if isinstance(fprs, (int, float)) or not hasattr(fprs, "__iter__"):
+    if isinstance(fprs, (int, float, str)) or not hasattr(fprs, "__iter__"):
         raise TypeError(f"fprs must be a sequence of rates in [0, 1], got {type(fprs).__name__}")
-    targets = [float(t) for t in as_float_tensor("fprs", list(fprs), ndim=1).tolist()]
+    fprs = list(fprs)
+    targets = as_float_tensor("fprs", fprs, ndim=1).tolist()
     if any(not 0 <= t <= 1 for t in targets):
-        raise ValueError(f"fprs must be rates in [0, 1], got {list(fprs)}")
+        raise ValueError(f"fprs must be rates in [0, 1], got {fprs}")
     thresholds, tp, fp = _roc_counts(scores, same)
     fpr = fp.double() / n_neg                                   # non-increasing in the threshold
     out = {}
