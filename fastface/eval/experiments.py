@@ -13,10 +13,9 @@ import time
 import torch
 
 from .identification import evaluate_identification, extract_features
-from .jobs import format_report, make_faces, occlude_queries, public, synthfaces_split
+from .jobs import WEIGHTINGS, format_report, make_faces, occlude_queries, public, synthfaces_split
 
 OCCLUSIONS = ("none", "mask", "sunglasses", "crop")
-WEIGHTINGS = ("uniform", "apc", "sc", "cc", "lmk")
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0)
 
 
