@@ -124,6 +124,12 @@ def test_image_folder(folder, tmp_path):
         scan_image_folder(tmp_path / "empty")
     with pytest.raises(ValueError, match="channels"):
         ImageFolder(folder, channels=2)
+    with pytest.raises(TypeError, match="channels must be an int, got float 1.0"):
+        ImageFolder(folder, channels=1.0)
+    with pytest.raises(TypeError, match="root must be a path, got int"):
+        ImageFolder(123)
+    with pytest.raises(TypeError, match="index must be an int, got float 2.0"):
+        ds[2.0]
 
 
 def test_encoders(tiny_ckpt, tmp_path):
