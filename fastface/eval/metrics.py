@@ -201,18 +201,35 @@ def unit_features(name, t, dim=None):
     return unit_rows(t)
 
 
+def feature_rows(name, t, dim):
+    """A large (M, dim) feature set kept as given (no float64 copy); checked block by block later."""
+    try:
+        t = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be real numbers (a tensor, array or list), got {type(t).__name__}") from e
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
+    if t.dim() != 2 or t.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}), got {tuple(t.shape)}")
+    return t
+
+
 def block_rows(columns):
     """Rows per block so that a (rows, columns) float64 block stays within BLOCK_ELEMENTS."""
     return max(1, BLOCK_ELEMENTS // max(1, columns))
 
 
-def best_similarity(q, d):
-    """(P,) max over rows of d (M, D) of q (P, D) @ d.T, in blocks of d (memory O(P * block));
-    -2 (below every cosine) when d is empty."""
+def best_similarity(q, d, name="distractors"):
+    """(P,) max over rows of d (M, D) of cosine(q (P, D) unit rows, d), -2 (below every cosine) when
+    d is empty. d is checked, normalised and compared in blocks: memory O((P + D) * block)."""
+    from ..reference import unit_rows
     best = torch.full((q.shape[0],), -2.0, dtype=q.dtype)
-    step = block_rows(q.shape[0])
+    step = block_rows(max(q.shape[0], d.shape[1]))
     for s in range(0, d.shape[0], step):
-        best = torch.maximum(best, (q @ d[s:s + step].T).amax(1))
+        block = d[s:s + step].to(q.dtype)                                      # (b, D)
+        if not bool(torch.isfinite(block).all()):
+            raise ValueError(f"{name} must be finite, got NaN or inf in rows {s}..{s + block.shape[0] - 1}")
+        best = torch.maximum(best, (q @ unit_rows(block).T).amax(1))
     return best
 
 
@@ -221,12 +238,12 @@ def identification_with_distractors(probe_embeddings, probe_labels, distractor_e
     identity, b is hidden among the distractors and a must rank it first (cosine similarity).
     Works in blocks: memory O(P * block + P) whatever the number of distractors."""
     p = unit_features("probe_embeddings", probe_embeddings)
-    d = unit_features("distractor_embeddings", distractor_embeddings, p.shape[1])
+    d = feature_rows("distractor_embeddings", distractor_embeddings, p.shape[1])
     labels = _as_long("probe_labels", probe_labels)
     if labels.shape != (p.shape[0],):
         raise ValueError(f"probe_labels must be ({p.shape[0]},) like probe_embeddings {tuple(p.shape)}, "
                          f"got {tuple(labels.shape)}")
-    best_distractor = best_similarity(p, d)                                      # (P,)
+    best_distractor = best_similarity(p, d, "distractor_embeddings")            # (P,)
     wins = pairs = 0
     step = block_rows(p.shape[0])
     for s in range(0, p.shape[0], step):                                        # probe rows a in blocks
