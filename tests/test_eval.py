@@ -59,6 +59,7 @@ def test_tpr_at_fpr():
     assert out[0.0] == pytest.approx(1 / 3)   # no negative may pass: threshold above 0.8
     assert out[0.1] == pytest.approx(1 / 3)   # 1 of 5 negatives is already 0.2
     assert out[0.2] == pytest.approx(1.0)     # threshold 0.5 lets only the 0.8 negative through
+    assert tpr_at_fpr(scores, same, fprs=(f for f in (0.0, 0.2))) == {0.0: out[0.0], 0.2: out[0.2]}
 
 
 def test_identification_with_distractors():
@@ -103,6 +104,9 @@ def test_label_type_errors():
     (lambda: precision_at_1("abc", torch.tensor([0])), TypeError, ["ranked"]),
     (lambda: identification_with_distractors(torch.tensor([[1.0, float("nan")], [1.0, 0.0]]), torch.tensor([0, 0]),
                                              torch.rand(3, 2)), ValueError, ["probe_embeddings", "NaN"]),
+    (lambda: identification_with_distractors(torch.rand(2, 2), torch.tensor([0, 0]),
+                                             torch.tensor([[0.1, 0.2], [0.3, float("inf")]])),
+     ValueError, ["distractor_embeddings", "NaN or inf", "rows 0..1"]),
     (lambda: identification_with_distractors(torch.rand(2, 2), torch.tensor([0, 0]), torch.rand(3, 5)),
      ValueError, ["distractor_embeddings", "(N, 2)", "(3, 5)"]),
     (lambda: identification_with_distractors(torch.rand(2, 2), torch.tensor([0.0, 0.0]), torch.rand(3, 2)),

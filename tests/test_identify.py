@@ -79,7 +79,8 @@ def test_leave_one_out_in_batches_equals_whole():
 
 def test_emd_at_stage1_ranks_the_whole_gallery_by_emd():
     q, g = random_faces(3, seed=5), random_faces(11, seed=6)
-    res = evaluate_identification(q, g, torch.zeros(3), torch.zeros(11), k=4, emd_stage1=True)
+    res = evaluate_identification(q, g, torch.zeros(3, dtype=torch.long), torch.zeros(11, dtype=torch.long), k=4,
+                                  emd_stage1=True)
     d = ff.emd(q.patches[:, None].expand(-1, 11, -1, -1), g.patches[None].expand(3, -1, -1, -1), weighting="apc")
     torch.testing.assert_close(res["stage2_indices"], d.argsort(1)[:, :4])
 
@@ -87,7 +88,27 @@ def test_emd_at_stage1_ranks_the_whole_gallery_by_emd():
 def test_evaluate_identification_bad_labels():
     q, g = random_faces(3), random_faces(5)
     with pytest.raises(ValueError, match="labels"):
-        evaluate_identification(q, g, torch.zeros(4), torch.zeros(5))
+        evaluate_identification(q, g, torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs,exc,words", [
+    (dict(k=2.5), TypeError, ["k must be an int", "2.5"]),        # was silently truncated to 2
+    (dict(k=0), ValueError, ["k must be an int in [1", "0"]),
+    (dict(batch_size=True), TypeError, ["batch_size", "bool"]),
+    (dict(keep_flows=-1), ValueError, ["keep_flows", "-1"]),
+    (dict(query_labels=torch.tensor([0.5, 1.0, 1.7])), TypeError, ["query_labels", "float32"]),  # was truncated
+    (dict(query=torch.randn(3, 16)), TypeError, ["query", "Faces", "Tensor"]),
+    (dict(protocol="paper"), ValueError, ["protocol", "'paper'"]),
+])
+def test_evaluate_identification_bad_arguments_named(kwargs, exc, words):
+    args = dict(query=random_faces(3), gallery=random_faces(5), query_labels=torch.tensor([0, 1, 1]),
+                gallery_labels=torch.tensor([0, 1, 1, 2, 2]))
+    args.update(kwargs)
+    with pytest.raises(exc) as info:
+        evaluate_identification(args.pop("query"), args.pop("gallery"), args.pop("query_labels"),
+                                args.pop("gallery_labels"), **args)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
 
 
 def test_image_folder(folder, tmp_path):
@@ -103,6 +124,12 @@ def test_image_folder(folder, tmp_path):
         scan_image_folder(tmp_path / "empty")
     with pytest.raises(ValueError, match="channels"):
         ImageFolder(folder, channels=2)
+    with pytest.raises(TypeError, match="channels must be an int, got float 1.0"):
+        ImageFolder(folder, channels=1.0)
+    with pytest.raises(TypeError, match="root must be a path, got int"):
+        ImageFolder(123)
+    with pytest.raises(TypeError, match="index must be an int, got float 2.0"):
+        ds[2.0]
 
 
 def test_encoders(tiny_ckpt, tmp_path):
@@ -279,6 +306,10 @@ def test_official_protocol_equals_the_official_loop(loo):
     torch.testing.assert_close(strict["stage2_indices"], res["stage2_indices"])   # same rankings, other scores
     if loo:   # strict skips the singleton (no relevant face left); official scores it as a miss
         assert strict["stage2"]["n_skipped"] == 1 and res["stage2"]["n_skipped"] == 0
+    else:     # separate queries with every R <= k: both protocols give the same numbers (docs/EXPERIMENTS.md)
+        assert int(torch.bincount(gl).max()) <= 7
+        for stage in ("stage1", "stage2"):
+            assert strict[stage] == pytest.approx(res[stage])
 
 
 def test_official_protocol_hand_computed():
@@ -308,4 +339,5 @@ def test_official_protocol_keeps_an_occluded_querys_original(tiny_ckpt, folder, 
     assert sum(own(q) for q in runs["official"]["queries"]) >= 9            # its clean self is usually near the top
     assert runs["official"]["protocol"] == "official"
     with pytest.raises(ValueError, match="protocol must be one of"):
-        evaluate_identification(random_faces(2), random_faces(3), torch.zeros(2), torch.zeros(3), protocol="dissertation")
+        evaluate_identification(random_faces(2), random_faces(3), torch.zeros(2, dtype=torch.long),
+                                torch.zeros(3, dtype=torch.long), protocol="dissertation")

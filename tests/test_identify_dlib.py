@@ -187,6 +187,10 @@ def test_arcface_template_alignment(photos):
         err = np.linalg.norm(eye_centres5(pts) - aligner.template[:2], axis=1)
         assert err.max() < 2.0, (name, err)
         assert dlib is not None and model_path()
+        # the 68 landmarks follow the same warp: their eye centres sit on the template's eyes too
+        lm = aligner.align(os.path.join(photos, person, name)).landmarks68            # (68, 2) chip pixels
+        eyes68 = np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+        assert np.linalg.norm(eyes68 - aligner.template[:2], axis=1).max() < 3.0, name
 
 
 def test_identify_arcface_with_dlib_alignment(messy, tmp_path):

@@ -7,7 +7,6 @@ forward(x) returns (descriptor (B, 128), maps: dict of (B, C, H, W) at 35, 17, 8
 """
 import importlib.util
 import os
-import struct
 
 import numpy as np
 import torch

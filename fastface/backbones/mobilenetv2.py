@@ -7,7 +7,6 @@ activation="relu6" is the paper's network; "prelu" (MobileFaceNet's choice) trai
 scratch with ArcFace at lr 0.1, where ReLU6 units can saturate and the network collapse to a
 constant output (seen on SynthFaces at 32 px).
 """
-import torch
 from torch import nn
 
 # (expansion or None = "T", output channels, repeats, first stride) of the ImageNet network

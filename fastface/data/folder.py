@@ -66,10 +66,10 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS):
         size = as_int("size", size, min_value=8)
-        if channels not in (1, 3):
+        if as_int("channels", channels) not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        self.root, self.size, self.channels = os.fspath(root), size, channels
         self.paths, labels, self.identity_names = scan_image_folder(root, extensions)
+        self.root, self.size, self.channels = os.fspath(root), size, int(channels)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.n_identities = len(self.identity_names)
 

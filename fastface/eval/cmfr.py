@@ -9,7 +9,7 @@ P@1 is the same query against every other probe image (gallery side) plus the di
 """
 import torch
 
-from .metrics import _as_long, best_similarity, block_rows, unit_features
+from .metrics import _as_long, best_similarity, block_rows, feature_rows, unit_features
 
 
 def cross_identification(query, gallery, labels, distractors):
@@ -24,12 +24,12 @@ def cross_identification(query, gallery, labels, distractors):
     """
     q = unit_features("query", query)
     g = unit_features("gallery", gallery, q.shape[1])
-    d = unit_features("distractors", distractors, q.shape[1])
+    d = feature_rows("distractors", distractors, q.shape[1])
     labels = _as_long("labels", labels)
     if labels.shape != (q.shape[0],) or g.shape[0] != q.shape[0]:
         raise ValueError(f"labels must be (P,) with query and gallery (P, D): got labels "
                          f"{tuple(labels.shape)}, query {tuple(q.shape)}, gallery {tuple(g.shape)}")
-    best_d = best_similarity(q, d)                                              # (P,)
+    best_d = best_similarity(q, d, "distractors")                               # (P,)
     n_pairs = wins = hits = n_keep = 0
     step = block_rows(q.shape[0])
     for s in range(0, q.shape[0], step):                                        # query rows in blocks

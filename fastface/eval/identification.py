@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data._args import as_int, as_int_tensor
 from .metrics import retrieval_metrics, retrieval_per_query, summarise
 
 PROTOCOLS = ("strict", "official")
@@ -24,10 +25,11 @@ PROTOCOLS = ("strict", "official")
 
 def pool_patches(fmap, grid):
     """Average-pool feature maps (N, C, H, W) to a grid x grid patch map (4x4 = pooled 8x8)."""
+    if not isinstance(fmap, torch.Tensor):
+        raise TypeError(f"fmap must be a torch.Tensor (N, C, H, W), got {type(fmap).__name__}")
     if fmap.dim() != 4:
         raise ValueError(f"fmap must be (N, C, H, W), got {tuple(fmap.shape)}")
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise ValueError(f"grid must be a positive int, got {grid!r}")
+    grid = as_int("grid", grid, min_value=1)
     h, w = fmap.shape[-2:]
     if grid == h == w:
         return fmap
@@ -64,12 +66,16 @@ def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=1
     Per query (B, k): stage1_indices / stage1_cosine, stage2_indices / stage2_distance /
     stage2_emd / stage2_cosine.
     """
-    from ..ops.rerank import Faces, emd_rerank, stage1_topk
+    from ..ops.rerank import Faces, as_faces, emd_rerank, stage1_topk
     from ..reference import unit_rows
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    qlab = torch.as_tensor(query_labels).long().cpu()
-    glab = torch.as_tensor(gallery_labels).long().cpu()
+    query, gallery = as_faces("query", query), as_faces("gallery", gallery)
+    k = as_int("k", k, min_value=1)
+    batch_size = as_int("batch_size", batch_size, min_value=1)
+    keep_flows = as_int("keep_flows", keep_flows, min_value=0)
+    qlab = as_int_tensor("query_labels", query_labels).cpu()
+    glab = as_int_tensor("gallery_labels", gallery_labels).cpu()
     if qlab.shape != (len(query),) or glab.shape != (len(gallery),):
         raise ValueError(f"labels must be ({len(query)},) and ({len(gallery)},), got "
                          f"{tuple(qlab.shape)} and {tuple(glab.shape)}")
@@ -78,7 +84,7 @@ def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=1
     n_gallery = len(gallery) - (1 if exclude_self else 0)
     if n_gallery < 1:
         raise ValueError("the gallery needs at least one face other than the query")
-    k = min(int(k), n_gallery)
+    k = min(k, n_gallery)
     t0 = time.perf_counter()
     cos1, st1 = stage1_topk(query.embeddings, gallery.embeddings, k, exclude_self=exclude_self)
     t_stage1 = time.perf_counter() - t0

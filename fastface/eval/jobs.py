@@ -125,15 +125,6 @@ def check_identify_args(enc, *, k, alpha, weighting, grid, eps, max_iter, batch_
                          "(use --backbone dlib or --align dlib)")
 
 
-def _subset(data, keep):
-    """Rows keep (M',) of an encoder's load_images dict."""
-    out = dict(data)
-    for key in ("images", "landmarks68", "source"):
-        if out[key] is not None:
-            out[key] = out[key][keep]
-    return out
-
-
 def ranked_lists(res, i, names, paths, labels):
     """Query i's top-k of both stages: [{identity, path, score...}] in rank order."""
     def item(j, **scores):

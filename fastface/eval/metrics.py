@@ -177,11 +177,12 @@ def tpr_at_fpr(scores, same, fprs=(1e-3, 1e-2, 1e-1)):
     if n_neg == 0 or n_pos == 0:
         raise ValueError(f"tpr_at_fpr needs both positive and negative pairs, got {n_pos} positive "
                          f"and {n_neg} negative")
-    if isinstance(fprs, (int, float)) or not hasattr(fprs, "__iter__"):
+    if isinstance(fprs, (int, float, str)) or not hasattr(fprs, "__iter__"):
         raise TypeError(f"fprs must be a sequence of rates in [0, 1], got {type(fprs).__name__}")
-    targets = [float(t) for t in as_float_tensor("fprs", list(fprs), ndim=1).tolist()]
+    fprs = list(fprs)
+    targets = as_float_tensor("fprs", fprs, ndim=1).tolist()
     if any(not 0 <= t <= 1 for t in targets):
-        raise ValueError(f"fprs must be rates in [0, 1], got {list(fprs)}")
+        raise ValueError(f"fprs must be rates in [0, 1], got {fprs}")
     thresholds, tp, fp = _roc_counts(scores, same)
     fpr = fp.double() / n_neg                                   # non-increasing in the threshold
     out = {}
@@ -200,18 +201,35 @@ def unit_features(name, t, dim=None):
     return unit_rows(t)
 
 
+def feature_rows(name, t, dim):
+    """A large (M, dim) feature set kept as given (no float64 copy); checked block by block later."""
+    try:
+        t = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be real numbers (a tensor, array or list), got {type(t).__name__}") from e
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
+    if t.dim() != 2 or t.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}), got {tuple(t.shape)}")
+    return t
+
+
 def block_rows(columns):
     """Rows per block so that a (rows, columns) float64 block stays within BLOCK_ELEMENTS."""
     return max(1, BLOCK_ELEMENTS // max(1, columns))
 
 
-def best_similarity(q, d):
-    """(P,) max over rows of d (M, D) of q (P, D) @ d.T, in blocks of d (memory O(P * block));
-    -2 (below every cosine) when d is empty."""
+def best_similarity(q, d, name="distractors"):
+    """(P,) max over rows of d (M, D) of cosine(q (P, D) unit rows, d), -2 (below every cosine) when
+    d is empty. d is checked, normalised and compared in blocks: memory O((P + D) * block)."""
+    from ..reference import unit_rows
     best = torch.full((q.shape[0],), -2.0, dtype=q.dtype)
-    step = block_rows(q.shape[0])
+    step = block_rows(max(q.shape[0], d.shape[1]))
     for s in range(0, d.shape[0], step):
-        best = torch.maximum(best, (q @ d[s:s + step].T).amax(1))
+        block = d[s:s + step].to(q.dtype)                                      # (b, D)
+        if not bool(torch.isfinite(block).all()):
+            raise ValueError(f"{name} must be finite, got NaN or inf in rows {s}..{s + block.shape[0] - 1}")
+        best = torch.maximum(best, (q @ unit_rows(block).T).amax(1))
     return best
 
 
@@ -220,12 +238,12 @@ def identification_with_distractors(probe_embeddings, probe_labels, distractor_e
     identity, b is hidden among the distractors and a must rank it first (cosine similarity).
     Works in blocks: memory O(P * block + P) whatever the number of distractors."""
     p = unit_features("probe_embeddings", probe_embeddings)
-    d = unit_features("distractor_embeddings", distractor_embeddings, p.shape[1])
+    d = feature_rows("distractor_embeddings", distractor_embeddings, p.shape[1])
     labels = _as_long("probe_labels", probe_labels)
     if labels.shape != (p.shape[0],):
         raise ValueError(f"probe_labels must be ({p.shape[0]},) like probe_embeddings {tuple(p.shape)}, "
                          f"got {tuple(labels.shape)}")
-    best_distractor = best_similarity(p, d)                                      # (P,)
+    best_distractor = best_similarity(p, d, "distractor_embeddings")            # (P,)
     wins = pairs = 0
     step = block_rows(p.shape[0])
     for s in range(0, p.shape[0], step):                                        # probe rows a in blocks
