@@ -58,3 +58,41 @@ def test_warp_affine_puts_a_point_where_the_transform_says(scale):
     ys, xs = np.mgrid[0:size, 0:size]
     found = np.array([(chip * xs).sum(), (chip * ys).sum()]) / chip.sum()   # intensity centroid
     np.testing.assert_allclose(found, m[:, :2] @ centre + m[:, 2], atol=0.25)
+
+
+def _folder(tmp_path, broken):
+    """root/<a|b|c>/<i>.png, two faces each; `broken` names files (ident/i) to corrupt."""
+    rng = np.random.default_rng(0)
+    for ident in "abc":
+        (tmp_path / ident).mkdir()
+        for i in range(2):
+            path = tmp_path / ident / f"{i}.png"
+            if f"{ident}/{i}" in broken:
+                path.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+            else:
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return tmp_path
+
+
+def test_image_folder_skips_and_counts_unreadable_files(tmp_path):
+    from fastface.data import ImageFolder
+    root = _folder(tmp_path, {"a/1", "b/0", "b/1"})
+    with pytest.warns(RuntimeWarning, match="skipped 3 unreadable"):
+        ds = ImageFolder(root, size=16)
+    assert len(ds) == 3 and sorted(p.split("/")[-2:][0] for p in ds.unreadable) == ["a", "b", "b"]
+    assert ds.identity_names == ["a", "c"] and ds.n_identities == 2    # b had no readable face
+    images, labels = ds.load_all()                                       # a training run reads them all
+    assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 1, 1]
+    kept = ImageFolder(root, size=16, skip_unreadable=False)
+    assert len(kept) == 6 and kept.unreadable == []
+    with pytest.raises(UnreadableImage, match="1.png"):
+        kept.load_all()
+
+
+def test_image_folder_with_only_unreadable_files_says_so(tmp_path):
+    from fastface.data import ImageFolder
+    root = _folder(tmp_path, {f"{i}/{j}" for i in "abc" for j in range(2)})
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="none of its 6 image files"):
+        ImageFolder(root, size=16)
+    with pytest.raises(TypeError, match="skip_unreadable must be a bool"):
+        ImageFolder(root, size=16, skip_unreadable=1)

@@ -1,5 +1,6 @@
 """Image-folder face data sets: DIR/<identity>/<image>, identities sorted by name."""
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -60,15 +61,52 @@ def read_image(path, size=None, channels=3):
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def is_readable_image(path):
+    """Whether path opens as an image whose header and structure PIL can verify (cheap: no full
+    decode, so a file truncated inside its pixel data can still fail later, naming the file)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types for corrupt files; any of them means unreadable
+        return False
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Aligned face images in DIR/<identity>/<image>; items like SynthFaces': image (C, S, S) in
-    [0, 1] and identity (int), plus path. Identities are numbered in sorted-name order."""
+    [0, 1] and identity (int), plus path. Identities are numbered in sorted-name order.
 
-    def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS):
+    skip_unreadable=True checks every file once at construction and leaves out those PIL cannot
+    open (listed in .unreadable, with one warning), so one corrupt file does not stop a training
+    run; False keeps every file (faster on huge folders; a corrupt one then raises when read).
+    """
+
+    def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS, skip_unreadable=True):
         size = as_int("size", size, min_value=8)
         if as_int("channels", channels) not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        self.paths, labels, self.identity_names = scan_image_folder(root, extensions)
+        if not isinstance(skip_unreadable, bool):
+            raise TypeError(f"skip_unreadable must be a bool, got {type(skip_unreadable).__name__}")
+        paths, labels, names = scan_image_folder(root, extensions)
+        self.unreadable = []
+        if skip_unreadable:
+            ok = [is_readable_image(p) for p in paths]
+            self.unreadable = [p for p, good in zip(paths, ok) if not good]
+            if self.unreadable:
+                warnings.warn(f"ImageFolder {os.fspath(root)!r}: skipped {len(self.unreadable)} unreadable "
+                              f"file(s), e.g. {self.unreadable[0]!r}", RuntimeWarning, stacklevel=2)
+                paths = [p for p, good in zip(paths, ok) if good]
+                labels = [lab for lab, good in zip(labels, ok) if good]
+                if not paths:
+                    raise ValueError(f"image folder {os.fspath(root)!r}: none of its "
+                                     f"{len(self.unreadable)} image files can be read")
+                # Renumber identities densely: one whose files are all unreadable disappears.
+                used = sorted(set(labels))
+                names = [names[i] for i in used]
+                remap = {old: new for new, old in enumerate(used)}
+                labels = [remap[lab] for lab in labels]
+        self.paths, self.identity_names = paths, names
         self.root, self.size, self.channels = os.fspath(root), size, int(channels)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.n_identities = len(self.identity_names)
