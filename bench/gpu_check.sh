@@ -28,7 +28,7 @@ if has build; then
 fi
 python3 -m fastface.cli info
 kernel_tests="tests/test_sinkhorn.py tests/test_cost_weights.py tests/test_rerank.py tests/test_generator.py
-  tests/test_bad_input.py tests/test_triton_kernels.py"
+  tests/test_bad_input.py tests/test_triton_kernels.py tests/test_backend.py tests/test_cpu_kernels.py"
 has tests && step tests 300 gpu_tests.log python3 -m pytest -q -rs $kernel_tests
 has full && step full-suite 600 gpu_tests_full.log python3 -m pytest -q -rs tests
 if has bench; then
