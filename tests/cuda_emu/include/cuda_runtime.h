@@ -333,10 +333,51 @@ inline int check_config(const void* func, const cudaLaunchConfig_t* cfg) {
   return cs;
 }
 
+// Plain grids: one block at a time on one set of threads (no thread start per block).
+template <typename Fn>
+void run_blocks(const cudaLaunchConfig_t* cfg, Fn&& body) {
+  const unsigned nthreads = cfg->blockDim.x, grid = cfg->gridDim.x;
+  Block block;
+  block.bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads));
+  block.warps = std::vector<Warp>(nthreads / 32);
+  for (auto& w : block.warps) w.bar = std::make_unique<std::barrier<>>(32);
+  Cluster cluster;
+  cluster.bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads));
+  cluster.blocks.push_back(&block);
+  std::barrier<> between{std::ptrdiff_t(nthreads)};
+  std::vector<std::thread> threads;
+  threads.reserve(nthreads);
+  for (unsigned t = 0; t < nthreads; ++t)
+    threads.emplace_back([&, t] {
+      for (unsigned b = 0; b < grid; ++b) {
+        if (t == 0) {
+          block.smem.assign(cfg->dynamicSmemBytes + 16, char(0xff));  // NaN floats, fresh per block
+          block.flag.store(0);
+        }
+        between.arrive_and_wait();
+        ctx.tid = uint3{t, 0, 0};
+        ctx.bid = uint3{b, 0, 0};
+        ctx.bdim = cfg->blockDim;
+        ctx.gdim = cfg->gridDim;
+        ::threadIdx = ctx.tid;
+        ::blockIdx = ctx.bid;
+        ::blockDim = ctx.bdim;
+        ::gridDim = ctx.gdim;
+        ctx.block = &block;
+        ctx.cluster = &cluster;
+        ctx.rank = 0;
+        body();
+        between.arrive_and_wait();  // every thread is done with this block
+      }
+    });
+  for (auto& th : threads) th.join();
+}
+
 // Runs the grid cluster after cluster (a cooperative grid: every block at once).
 template <typename Fn>
 void run_grid(const cudaLaunchConfig_t* cfg, int cs, Fn&& body) {
   const unsigned nthreads = cfg->blockDim.x, grid = cfg->gridDim.x;
+  if (cs == 1 && !is_cooperative(cfg)) return run_blocks(cfg, body);
   const unsigned together = is_cooperative(cfg) ? grid : unsigned(cs);  // blocks running at once
   for (unsigned c0 = 0; c0 < grid; c0 += together) {
     std::vector<std::unique_ptr<Block>> blocks;
