@@ -335,3 +335,15 @@ def test_huge_patch_magnitudes_are_scale_safe(emu_so, gen):
         got = run_patch_cost(lambda *a: emu.call("patch_cost", *a), (x * big).to(dtype), (y * big).to(dtype), 2)
         assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert (got[:, 1] == 1).all()
+
+
+def test_sinkhorn_auto_falls_back_to_the_log_domain(emu_so, gen):
+    """A denormal weight underflows a kernel-domain scaling: auto reruns that problem in the log domain."""
+    cost, a, b = problems(gen, 3, 6, 7, torch.float32)
+    a[:, 0] = 1e-42
+    b[:, 1] = 1e-42
+    args = (cost, a, b, 0.021, 30, 1e-6, AUTO)  # max(Cr) / eps < 50: auto starts in the kernel domain
+    want = cpu_sinkhorn(*args)
+    kernel_only = cpu_sinkhorn(cost, a, b, 0.021, 30, 1e-6, KERNEL)
+    assert not torch.equal(want["f"], kernel_only["f"])  # the fallback ran
+    check_same(emu_sinkhorn(Emulator(emu_so), *args), want, **TOL[torch.float32])
