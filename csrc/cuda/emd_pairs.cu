@@ -243,13 +243,13 @@ __global__ void __launch_bounds__(kGemmThreads, 3) emd_pairs_kernel(EmdParams q)
 
     // 3. Sinkhorn; the plan goes to flows when asked.
     const CostRef<float> cost{cb, ldb};
-    const SolveOut r = solve_problem<float, true>(d, cost, kbuf, core, q.eps, q.max_iter, q.tol, q.mode,
+    const SolveOut result = solve_problem<float, true>(d, cost, kbuf, core, q.eps, q.max_iter, q.tol, q.mode,
                                                 q.flows ? q.flows + p * nm : static_cast<float*>(nullptr),
                                                 static_cast<float*>(nullptr), static_cast<float*>(nullptr));
     if (t == 0) {
-      q.emd[p] = float(r.dist);
-      q.n_iter[p] = r.iters;
-      q.converged[p] = r.conv ? 1 : 0;
+      q.emd[p] = float(result.dist);
+      q.n_iter[p] = result.iters;
+      q.converged[p] = result.conv ? 1 : 0;
       if (q.fallback) q.fallback[p] = fell_back ? 1 : 0;
     }
     __syncthreads();

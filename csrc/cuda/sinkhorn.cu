@@ -106,11 +106,11 @@ __global__ void __launch_bounds__(REG ? kRegThreads : kPlanKThreads, REG ? 4 : 1
     T* f = q.f ? static_cast<T*>(q.f) + p * n : nullptr;
     T* g = q.g ? static_cast<T*>(q.g) + p * m : nullptr;
     T* k_buf = K_SMEM ? k_smem : plan;  // !K_SMEM: the plan (ld == m) is the scratch
-    const SolveOut r = solve_problem<T, REG>(d, cost, k_buf, core, eps, q.max_iter, tol, q.mode, plan, f, g);
+    const SolveOut result = solve_problem<T, REG>(d, cost, k_buf, core, eps, q.max_iter, tol, q.mode, plan, f, g);
     if (tid == 0) {
-      static_cast<T*>(q.distance)[p] = T(r.dist);
-      q.n_iter[p] = r.iters;
-      q.converged[p] = r.conv ? 1 : 0;
+      static_cast<T*>(q.distance)[p] = T(result.dist);
+      q.n_iter[p] = result.iters;
+      q.converged[p] = result.conv ? 1 : 0;
     }
     __syncthreads();
   }
