@@ -1,7 +1,7 @@
 """The CUDA Sinkhorn, emd_pairs and patch_cost kernels and launchers, run on the CPU by the host emulator.
 
 tests/cuda_emu builds csrc/cuda/{sinkhorn,emd_pairs,patch_cost}.cu with g++ against fake CUDA
-headers (a thread per CUDA thread, real barriers and warp shuffles, NaN-filled shared memory, the
+headers (a fiber per CUDA thread, real barriers and warp shuffles, NaN-filled shared memory, the
 driver's launch limits) and the results are compared with the C++ CPU kernels (fastface._C
 *_cpu) on the same raw inputs, so every launcher path (K in registers / shared memory / the plan
 buffer, official mode, fp16 input, n or m > 64, n = m = 1, zero weights) runs where no GPU exists.
