@@ -1,13 +1,16 @@
-// Host emulation of the CUDA subset that csrc/cuda/conv_transpose.cu uses, so that its kernels
-// and launchers run (slowly, exactly) on machines without a GPU: tests/test_generator_cuda_emu.py.
+// Host emulation of the CUDA subset that csrc/cuda uses, so that its kernels and launchers run
+// (slowly, exactly) on machines without a GPU: tests/test_generator_cuda_emu.py (conv_transpose.cu)
+// and tests/test_emd_cuda_emu.py (sinkhorn.cu, emd_pairs.cu, patch_cost.cu).
 // Every thread of a block is a fiber (ucontext) on the calling thread, switched at barriers and
 // spin-waits; __syncthreads, warp shuffles and cluster barriers are real barriers; the blocks of a
 // cluster (of a cooperative grid) run together and see each other's shared memory (DSMEM);
 // clusters run one after another. Dynamic shared memory starts as NaN bytes, so reading what was
 // never written shows up in the results. Launch limits (dynamic shared memory opt-in, cluster
-// sizes > 8 need the non-portable attribute) are checked as the driver does.
+// sizes > 8 need the non-portable attribute, cooperative grids must fit the device at once) are
+// checked as the driver does. Kernels take their dynamic shared memory through
+// FASTFACE_DYNAMIC_SMEM (csrc/cuda/common.cuh) and launch through cudaLaunchKernelEx.
 // Device properties come from FF_EMU_CC_MAJOR (9), FF_EMU_SMS (132), FF_EMU_SMEM_OPTIN (232448),
-// FF_EMU_MAX_CLUSTER (16) and FF_EMU_ACTIVE_CLUSTERS (3).
+// FF_EMU_MAX_CLUSTER (16), FF_EMU_ACTIVE_CLUSTERS (3) and FF_EMU_BLOCKS_PER_SM (4).
 #pragma once
 #include <math.h>
 #include <ucontext.h>
