@@ -63,12 +63,12 @@ class Emulator:
         saved = {k: os.environ.get(k) for k in ENV_KEYS}
         os.environ.update(self.env)
         try:
-            conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]
+            conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]  # int64_t in C
             fn = getattr(self.lib, f"ff_emu_{name}")
             fn.argtypes = [type(c) for c in conv]
             fn.restype = ctypes.c_int64 if name.endswith("bytes") else ctypes.c_int
             ret = fn(*conv)
-            if check and ret != 0 or ret == -1:
+            if (check and ret != 0) or ret == -1:
                 raise ValueError(self.lib.ff_emu_error().decode())
             return ret
         finally:
