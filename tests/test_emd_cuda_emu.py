@@ -155,8 +155,9 @@ def test_sinkhorn_official_matches_cpu(emu_so, gen, dtype):
 def test_sinkhorn_plan_buffer_path(emu_so, gen):
     """K too large for shared memory: the plan buffer holds it (forced by a small opt-in)."""
     cost, a, b = problems(gen, 2, 30, 33, torch.float64)
-    small = Emulator(emu_so, FF_EMU_SMEM_OPTIN=7000)  # below 30 x 33 doubles, above the vectors
-    for mode, eps in ((AUTO, 0.05), (LOG, 0.02)):
+    with_k = Emulator(emu_so).query("sinkhorn_smem_bytes", 30, 33, be.DTYPE_CODES[torch.float64], AUTO, 1)
+    small = Emulator(emu_so, FF_EMU_SMEM_OPTIN=with_k - 1)  # K does not fit, the solver vectors do
+    for mode, eps in ((AUTO, 0.05), (LOG, 0.02), (KERNEL, 0.1)):
         args = (cost, a, b, eps, 20, 1e-6, mode)
         check_same(emu_sinkhorn(small, *args), cpu_sinkhorn(*args), **TOL[torch.float64])
 
