@@ -153,7 +153,7 @@ void launch(const SkParams& q, cudaStream_t st) {
 // rc (P, n + m): the scalings r, c when they do not fit in shared memory.
 struct OfficialTeam {
   int size;
-  unsigned* arrivals;
+  unsigned long long* arrivals;
   double* sums;
   void* rc;
 };
@@ -170,14 +170,14 @@ size_t official_smem_bytes(const Dims& d, int64_t members, bool rc_smem) {
 // each block publishes its value, then waits for the others (the team is co-resident). `epoch`
 // counts this block's exchanges: each parity's slots are rewritten only two exchanges later, when
 // every block has read them.
-__device__ double team_sum(double v, const OfficialTeam& team, int64_t slot, int rank, unsigned epoch,
+__device__ double team_sum(double v, const OfficialTeam& team, int64_t slot, int rank, unsigned long long epoch,
                            double* red) {
   double* vals = team.sums + (slot * 2 + (epoch & 1u)) * team.size;
   if (threadIdx.x == 0) {
     vals[rank] = v;
     __threadfence();
-    atomicAdd(team.arrivals + slot, 1u);
-    while (atomicAdd(team.arrivals + slot, 0u) < epoch * unsigned(team.size)) __nanosleep(100);
+    atomicAdd(team.arrivals + slot, 1ull);
+    while (atomicAdd(team.arrivals + slot, 0ull) < epoch * (unsigned long long)team.size) __nanosleep(100);
     __threadfence();
   }
   __syncthreads();
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, O
   const T* cost = static_cast<const T*>(q.cost);
   const T* A = static_cast<const T*>(q.a);
   const T* B = static_cast<const T*>(q.b);
-  unsigned epoch = 0;
+  unsigned long long epoch = 0;  // team exchanges so far
   for (int64_t grp = first_slot; grp < groups; grp += slots) {
     const int64_t first = grp * G;
     auto rc_of = [&](int64_t k) -> T* {  // r (n) then c (m) of problem first + k (k % size == rank)
@@ -342,7 +342,7 @@ template <typename T>
 void launch_official(const SkParams& q, cudaStream_t st) {
   const OfficialLaunch o = official_launch<T>(q, max_smem_optin());
   // Global scratch: arrivals (teams) | sums (teams, 2, size) | rc (P, n + m) unless in shared memory.
-  const size_t arrivals_bytes = align16(size_t(o.teams) * sizeof(unsigned));
+  const size_t arrivals_bytes = align16(size_t(o.teams) * sizeof(unsigned long long));
   const size_t sums_bytes = o.size > 1 ? align16(size_t(o.teams) * 2 * o.size * sizeof(double)) : 0;
   const size_t rc_bytes = o.rc_smem ? 0 : size_t(q.P) * (q.n + q.m) * sizeof(T);
   const size_t scratch_bytes = (o.size > 1 ? arrivals_bytes + sums_bytes : 0) + rc_bytes;
@@ -353,7 +353,7 @@ void launch_official(const SkParams& q, cudaStream_t st) {
   }
   OfficialTeam team;
   team.size = o.size;
-  team.arrivals = o.size > 1 ? reinterpret_cast<unsigned*>(scratch) : nullptr;
+  team.arrivals = o.size > 1 ? reinterpret_cast<unsigned long long*>(scratch) : nullptr;
   team.sums = o.size > 1 ? reinterpret_cast<double*>(scratch + arrivals_bytes) : nullptr;
   team.rc = rc_bytes ? scratch + (o.size > 1 ? arrivals_bytes + sums_bytes : 0) : nullptr;
   try {
