@@ -250,17 +250,25 @@ def test_sinkhorn_official_team_layouts(emu_so, gen):
     cost, a, b = problems(gen, 9, 6, 11, torch.float32)
     # Groups that stop at different iterations (the first converges fastest), all below max_iter.
     cost[:3] *= 0.2
-    smem = Emulator(emu_so).query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 1)  # r, c in shared memory
+    emu = Emulator(emu_so)
+    with_k = emu.query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 1)  # r, c and K in shared memory
+    rc_only = emu.query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 0)  # r, c in shared memory
+    assert rc_only < with_k
     variants = [
         dict(),                                     # a block per problem, every group at once
         dict(FF_EMU_SMS=1, FF_EMU_BLOCKS_PER_SM=2),  # 2 blocks per group of 3, one group at a time
         dict(FF_EMU_SMS=1, FF_EMU_BLOCKS_PER_SM=1),  # one block per group
-        dict(FF_EMU_SMEM_OPTIN=smem - 4),           # r, c of the block's problem in global scratch
+        dict(FF_EMU_SMEM_OPTIN=with_k - 1),         # K recomputed from the cost every iteration
+        dict(FF_EMU_SMEM_OPTIN=rc_only - 1),        # ... and r, c in global scratch
     ]
+    layouts = []
     for env in variants:
         emu = Emulator(emu_so, **env)
         want = official_check(emu, cost, a, b, 3, 1e-4)
         official_check(emu, cost, a, b, 3, 1e-4, want_plan=False)
+        layouts.append(emu.query("last_launch_smem_bytes"))
+    assert layouts[0] == with_k and layouts[3] == rc_only and layouts[4] < rc_only, layouts
+    assert layouts[2] > layouts[1] > with_k  # r, c and K of 2, then 3 problems per block
     iters = want["n_iter"].reshape(3, 3)
     assert (iters == iters[:, :1]).all() and len(set(iters[:, 0].tolist())) > 1, iters
     assert want["converged"].all()
@@ -287,6 +295,7 @@ def test_sinkhorn_plan_scratch_only_beyond_shared_memory(emu_so, gen):
     cost, a, b = problems(gen, 2, 30, 33, torch.float64)
     args = (cost, a, b, 0.05, 10, 1e-9, AUTO)
     check_same(emu_sinkhorn(small, *args), cpu_sinkhorn(*args), **TOL[torch.float64])
+    assert small.query("last_launch_smem_bytes") == without_k  # K in the plan
     with pytest.raises(ValueError, match="plan buffer"):
         emu_sinkhorn(small, *args, want_plan=False)
     tiny = Emulator(emu_so, FF_EMU_SMEM_OPTIN=without_k - 1)

@@ -41,6 +41,8 @@ const char* ff_emu_error() { return g_error.c_str(); }
 // device maximum (csrc/cuda/common.cuh sets it once per kernel and device, to the maximum).
 int ff_emu_smem_attr_sets() { return emu::smem_attr_sets.load(); }
 int ff_emu_smem_attr_below_max() { return emu::smem_attr_below.load(); }
+// Dynamic shared memory of the last launch (which layout a launcher chose).
+int64_t ff_emu_last_launch_smem_bytes() { return emu::last_launch_smem.load(); }
 
 // csrc/cuda/smem_limits.h: 1 / 0, or -1 with ff_emu_error() set.
 int ff_emu_sinkhorn_needs_plan(int64_t n, int64_t m, int64_t dtype, int64_t mode) {

@@ -189,6 +189,7 @@ inline std::mutex attrs_mu;
 inline std::map<const void*, FuncAttrs> attrs;
 inline std::atomic<int> smem_attr_sets{0};   // cudaFuncSetAttribute(MaxDynamicSharedMemorySize) calls
 inline std::atomic<int> smem_attr_below{0};  // ... of them with a value below the device maximum
+inline std::atomic<long long> last_launch_smem{-1};  // dynamic shared memory of the last launch
 inline thread_local int last_error = 0;
 
 }  // namespace emu
@@ -479,6 +480,7 @@ inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*kern
     emu::last_error = -cs;
     return -cs;
   }
+  emu::last_launch_smem = (long long)cfg->dynamicSmemBytes;
   return [&](ExpTypes... coerced) {
     emu::run_grid(cfg, cs, [&] { kernel(coerced...); });
     return cudaSuccess;
