@@ -1,9 +1,10 @@
 // Batched Sinkhorn on the GPU, one block per problem, the whole loop on-chip.
 // Auto / kernel / log modes: K (or Cr) in registers (float32, n, m <= 64), in shared memory up to
 // the device's opt-in maximum, else in the caller's plan buffer.
-// Official mode: K recomputed from the cost; the blocks of a group of coupled problems run
-// together (a cooperative launch) and sum their |r - r_prev| through global memory every
-// iteration, so that the group stops together exactly as fastface/reference/sinkhorn.py does.
+// Official mode: K in shared memory when it fits, else recomputed from the cost; the blocks of a
+// group of coupled problems run together (a cooperative launch) and sum their |r - r_prev|
+// through global memory every iteration, so that the group stops together exactly as
+// fastface/reference/sinkhorn.py does. The plan is written only when asked for.
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
