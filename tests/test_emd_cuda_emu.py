@@ -1,7 +1,7 @@
 """The CUDA Sinkhorn, emd_pairs and patch_cost kernels and launchers, run on the CPU by the host emulator.
 
 tests/cuda_emu builds csrc/cuda/{sinkhorn,emd_pairs,patch_cost}.cu with g++ against fake CUDA
-headers (a thread per CUDA thread, real barriers and warp shuffles, NaN-filled shared memory, the
+headers (a fiber per CUDA thread, real barriers and warp shuffles, NaN-filled shared memory, the
 driver's launch limits) and the results are compared with the C++ CPU kernels (fastface._C
 *_cpu) on the same raw inputs, so every launcher path (K in registers / shared memory / the plan
 buffer, official mode, fp16 input, n or m > 64, n = m = 1, zero weights) runs where no GPU exists.
@@ -63,12 +63,12 @@ class Emulator:
         saved = {k: os.environ.get(k) for k in ENV_KEYS}
         os.environ.update(self.env)
         try:
-            conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]
+            conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]  # int64_t in C
             fn = getattr(self.lib, f"ff_emu_{name}")
             fn.argtypes = [type(c) for c in conv]
             fn.restype = ctypes.c_int64 if name.endswith("bytes") else ctypes.c_int
             ret = fn(*conv)
-            if check and ret != 0 or ret == -1:
+            if (check and ret != 0) or ret == -1:
                 raise ValueError(self.lib.ff_emu_error().decode())
             return ret
         finally:
@@ -155,8 +155,9 @@ def test_sinkhorn_official_matches_cpu(emu_so, gen, dtype):
 def test_sinkhorn_plan_buffer_path(emu_so, gen):
     """K too large for shared memory: the plan buffer holds it (forced by a small opt-in)."""
     cost, a, b = problems(gen, 2, 30, 33, torch.float64)
-    small = Emulator(emu_so, FF_EMU_SMEM_OPTIN=7000)  # below 30 x 33 doubles, above the vectors
-    for mode, eps in ((AUTO, 0.05), (LOG, 0.02)):
+    with_k = Emulator(emu_so).query("sinkhorn_smem_bytes", 30, 33, be.DTYPE_CODES[torch.float64], AUTO, 1)
+    small = Emulator(emu_so, FF_EMU_SMEM_OPTIN=with_k - 1)  # K does not fit, the solver vectors do
+    for mode, eps in ((AUTO, 0.05), (LOG, 0.02), (KERNEL, 0.1)):
         args = (cost, a, b, eps, 20, 1e-6, mode)
         check_same(emu_sinkhorn(small, *args), cpu_sinkhorn(*args), **TOL[torch.float64])
 
@@ -211,10 +212,10 @@ def emd_inputs(gen, B, k, n, m, C, gallery=None, dtype=torch.float32):
 def test_emd_pairs_matches_cpu(emu_so, gen, n, m, C):
     """Tiled GEMM (n, m <= 64) with K in registers or shared memory; n > 64: one dot per thread."""
     emu = Emulator(emu_so)
-    x, y, idx = emd_inputs(gen, 2, 3, n, m, C, gallery=5)
+    x, y, idx = emd_inputs(gen, 2, 2, n, m, C, gallery=5)
     x[0, 0] = 0  # a zero patch: weight 0
     for weighting, mode, eps in ((APC, AUTO, 0.05), (UNIFORM, KERNEL, 0.1), (SC, LOG, 0.02)):
-        args = (x, y, idx, 3, weighting, eps, 30, 1e-5, mode)
+        args = (x, y, idx, 2, weighting, eps, 15, 1e-5, mode)
         got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), *args)
         want = run_emd_pairs(lambda *a: be._C.emd_pairs_cpu(*a, 1), *args)
         check_same(got, want, rtol=1e-3, atol=2e-5)
@@ -227,7 +228,7 @@ def test_emd_pairs_half_inputs_and_fallback(emu_so, gen):
     x[1] = -x[1].abs() - 0.1  # APC of a side all negative -> all-zero weights -> uniform fallback
     for dtype in (torch.float16, torch.bfloat16):
         xh, yh = x.to(dtype), y.to(dtype)
-        args = (None, 2, APC, 0.05, 30, 1e-5, AUTO)
+        args = (None, 2, APC, 0.05, 15, 1e-5, AUTO)
         got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), xh, yh, *args, want_flows=False)
         want = run_emd_pairs(lambda *a: be._C.emd_pairs_cpu(*a, 1), xh.float(), yh.float(), *args, want_flows=False)
         check_same(got, want, rtol=1e-3, atol=2e-5)
@@ -249,17 +250,25 @@ def test_sinkhorn_official_team_layouts(emu_so, gen):
     cost, a, b = problems(gen, 9, 6, 11, torch.float32)
     # Groups that stop at different iterations (the first converges fastest), all below max_iter.
     cost[:3] *= 0.2
-    smem = Emulator(emu_so).query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 1)  # r, c in shared memory
+    emu = Emulator(emu_so)
+    with_k = emu.query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 1)  # r, c and K in shared memory
+    rc_only = emu.query("sinkhorn_smem_bytes", 6, 11, 0, OFFICIAL, 0)  # r, c in shared memory
+    assert rc_only < with_k
     variants = [
         dict(),                                     # a block per problem, every group at once
         dict(FF_EMU_SMS=1, FF_EMU_BLOCKS_PER_SM=2),  # 2 blocks per group of 3, one group at a time
         dict(FF_EMU_SMS=1, FF_EMU_BLOCKS_PER_SM=1),  # one block per group
-        dict(FF_EMU_SMEM_OPTIN=smem - 4),           # r, c of the block's problem in global scratch
+        dict(FF_EMU_SMEM_OPTIN=with_k - 1),         # K recomputed from the cost every iteration
+        dict(FF_EMU_SMEM_OPTIN=rc_only - 1),        # ... and r, c in global scratch
     ]
+    layouts = []
     for env in variants:
         emu = Emulator(emu_so, **env)
         want = official_check(emu, cost, a, b, 3, 1e-4)
         official_check(emu, cost, a, b, 3, 1e-4, want_plan=False)
+        layouts.append(emu.query("last_launch_smem_bytes"))
+    assert layouts[0] == with_k and layouts[3] == rc_only and layouts[4] < rc_only, layouts
+    assert layouts[2] > layouts[1] > with_k  # r, c and K of 2, then 3 problems per block
     iters = want["n_iter"].reshape(3, 3)
     assert (iters == iters[:, :1]).all() and len(set(iters[:, 0].tolist())) > 1, iters
     assert want["converged"].all()
@@ -286,6 +295,7 @@ def test_sinkhorn_plan_scratch_only_beyond_shared_memory(emu_so, gen):
     cost, a, b = problems(gen, 2, 30, 33, torch.float64)
     args = (cost, a, b, 0.05, 10, 1e-9, AUTO)
     check_same(emu_sinkhorn(small, *args), cpu_sinkhorn(*args), **TOL[torch.float64])
+    assert small.query("last_launch_smem_bytes") == without_k  # K in the plan
     with pytest.raises(ValueError, match="plan buffer"):
         emu_sinkhorn(small, *args, want_plan=False)
     tiny = Emulator(emu_so, FF_EMU_SMEM_OPTIN=without_k - 1)
@@ -318,11 +328,11 @@ def test_smem_opt_in_set_once_to_the_device_maximum(emu_so, gen):
 def test_huge_patch_magnitudes_are_scale_safe(emu_so, gen):
     """Entries around 1e20 overflow squared norms: the kernels rescale, so the cost and EMD do not change."""
     emu = Emulator(emu_so)
-    for n, m in ((7, 5), (70, 4)):  # tiled GEMM and one dot product per thread
+    for n, m, weightings in ((7, 5, (APC, SC, UNIFORM)), (70, 4, (APC,))):  # tiled GEMM, one dot per thread
         x, y, _ = emd_inputs(gen, 1, 2, n, m, 9)
         x[0, 0] = 0  # zero patches stay zero (weight 0, cost 1)
-        for weighting in (APC, SC, UNIFORM):
-            args = (None, 2, weighting, 0.05, 20, 1e-6, AUTO)
+        for weighting in weightings:
+            args = (None, 2, weighting, 0.05, 10, 1e-6, AUTO)
             want = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), x, y, *args)
             for big_x, big_y in ((1e20, 1.0), (3e25, 1e30)):
                 got = run_emd_pairs(lambda *a: emu.call("emd_pairs", *a), x * big_x, y * big_y, *args)
@@ -335,3 +345,15 @@ def test_huge_patch_magnitudes_are_scale_safe(emu_so, gen):
         got = run_patch_cost(lambda *a: emu.call("patch_cost", *a), (x * big).to(dtype), (y * big).to(dtype), 2)
         assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert (got[:, 1] == 1).all()
+
+
+def test_sinkhorn_auto_falls_back_to_the_log_domain(emu_so, gen):
+    """A denormal weight underflows a kernel-domain scaling: auto reruns that problem in the log domain."""
+    cost, a, b = problems(gen, 3, 6, 7, torch.float32)
+    a[:, 0] = 1e-42
+    b[:, 1] = 1e-42
+    args = (cost, a, b, 0.021, 30, 1e-6, AUTO)  # max(Cr) / eps < 50: auto starts in the kernel domain
+    want = cpu_sinkhorn(*args)
+    kernel_only = cpu_sinkhorn(cost, a, b, 0.021, 30, 1e-6, KERNEL)
+    assert not torch.equal(want["f"], kernel_only["f"])  # the fallback ran
+    check_same(emu_sinkhorn(Emulator(emu_so), *args), want, **TOL[torch.float32])

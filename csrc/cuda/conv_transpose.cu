@@ -367,14 +367,14 @@ __global__ void normalize_kernel(const Tin* __restrict__ x, float* __restrict__ 
 // ================================ host side =====================================================
 
 DevLayer to_dev(const ConvTLayer& L) {
-  DevLayer d;
-  d.w = L.weight; d.bias = L.bias; d.post_scale = L.post_scale; d.post_shift = L.post_shift;
-  d.cin = int(L.cin); d.cout = int(L.cout); d.hin = int(L.hin); d.win = int(L.win);
-  d.hout = int(L.hout); d.wout = int(L.wout); d.kh = int(L.kh); d.kw = int(L.kw);
-  d.sh = int(L.sh); d.sw = int(L.sw); d.ph = int(L.ph); d.pw = int(L.pw);
-  d.dh = int(L.dh); d.dw = int(L.dw);
-  d.act = int(L.act); d.slope = L.slope;
-  return d;
+  DevLayer layer;
+  layer.w = L.weight; layer.bias = L.bias; layer.post_scale = L.post_scale; layer.post_shift = L.post_shift;
+  layer.cin = int(L.cin); layer.cout = int(L.cout); layer.hin = int(L.hin); layer.win = int(L.win);
+  layer.hout = int(L.hout); layer.wout = int(L.wout); layer.kh = int(L.kh); layer.kw = int(L.kw);
+  layer.sh = int(L.sh); layer.sw = int(L.sw); layer.ph = int(L.ph); layer.pw = int(L.pw);
+  layer.dh = int(L.dh); layer.dw = int(L.dw);
+  layer.act = int(L.act); layer.slope = L.slope;
+  return layer;
 }
 
 void validate(const ConvTChainArgs& a) {
@@ -410,14 +410,14 @@ struct DeviceInfo {
 
 DeviceInfo device_info() {
   int dev = 0;
-  DeviceInfo d;
+  DeviceInfo info;
   check_call(cudaGetDevice(&dev), "cudaGetDevice");
-  check_call(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev),
+  check_call(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, dev),
              "cudaDeviceGetAttribute");
-  check_call(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev),
+  check_call(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, dev),
              "cudaDeviceGetAttribute");
-  d.smem_optin = max_smem_optin();
-  return d;
+  info.smem_optin = max_smem_optin();
+  return info;
 }
 
 // Shared memory of the chain kernel for clusters of `cluster` blocks (floats -> bytes).
@@ -518,23 +518,23 @@ struct Decision {
 };
 
 Decision decide(const ConvTChainArgs& a, const DeviceInfo& dev) {
-  Decision d;
+  Decision decision;
   const bool forced = a.cuda_path == 1;
-  if (a.cuda_path == 2) return d;
-  if (!forced && (dev.major < 9 || a.B > kChainMaxBatch)) return d;
+  if (a.cuda_path == 2) return decision;
+  if (!forced && (dev.major < 9 || a.B > kChainMaxBatch)) return decision;
   if (a.n_layers > kMaxChainLayers) {
     if (forced)
       throw std::invalid_argument("conv_transpose_chain (cuda): the chain path takes at most " +
                                   std::to_string(kMaxChainLayers) + " layers");
-    return d;
+    return decision;
   }
   switch (a.dtype) {
-    case DType::F16: d.active = pick_cluster<__half>(a, dev, d.cluster, d.smem); break;
-    case DType::BF16: d.active = pick_cluster<__nv_bfloat16>(a, dev, d.cluster, d.smem); break;
-    default: d.active = pick_cluster<float>(a, dev, d.cluster, d.smem); break;
+    case DType::F16: decision.active = pick_cluster<__half>(a, dev, decision.cluster, decision.smem); break;
+    case DType::BF16: decision.active = pick_cluster<__nv_bfloat16>(a, dev, decision.cluster, decision.smem); break;
+    default: decision.active = pick_cluster<float>(a, dev, decision.cluster, decision.smem); break;
   }
-  d.chain = d.active > 0;
-  if (forced && !d.chain) {
+  decision.chain = decision.active > 0;
+  if (forced && !decision.chain) {
     int in_f = 0, slice_f = 0;
     size_t smem = 0;
     chain_sizes(a, 1, in_f, slice_f, smem);
@@ -542,7 +542,7 @@ Decision decide(const ConvTChainArgs& a, const DeviceInfo& dev) {
                                 std::to_string(smem) + " bytes of shared memory per block, the "
                                 "device allows " + std::to_string(dev.smem_optin));
   }
-  return d;
+  return decision;
 }
 
 int64_t layers_workspace(const ConvTChainArgs& a, int64_t& buf_floats, int64_t& norm_floats) {
@@ -576,18 +576,18 @@ template <typename Tio>
 void run(const ConvTChainArgs& a, const DeviceInfo& dev, cudaStream_t st) {
   const Tio* x = static_cast<const Tio*>(a.x);
   Tio* y = static_cast<Tio*>(a.out);
-  const Decision d = decide(a, dev);
-  if (d.chain) {
+  const Decision decision = decide(a, dev);
+  if (decision.chain) {
     ChainLaunch p = {};
     for (int l = 0; l < a.n_layers; ++l) p.layers[l] = to_dev(a.layers[l]);
     p.n_layers = a.n_layers;
     p.normalize = a.normalize_input ? 1 : 0;
     size_t smem = 0;
-    chain_sizes(a, d.cluster, p.in_floats, p.slice_floats, smem);
+    chain_sizes(a, decision.cluster, p.in_floats, p.slice_floats, smem);
     p.B = a.B;
-    check_call(prepare_chain<Tio>(d.cluster, smem, nullptr), "cudaFuncSetAttribute(convt_chain_kernel)");
+    check_call(prepare_chain<Tio>(decision.cluster, smem, nullptr), "cudaFuncSetAttribute(convt_chain_kernel)");
     launch_kernel("convt_chain_kernel", convt_chain_kernel<Tio>,
-                  LaunchShape{std::min<int64_t>(a.B, d.active) * d.cluster, kChainThreads, smem, d.cluster}, st, p, x, y);
+                  LaunchShape{std::min<int64_t>(a.B, decision.active) * decision.cluster, kChainThreads, smem, decision.cluster}, st, p, x, y);
     return;
   }
   int64_t buf_floats = 0, norm_floats = 0;

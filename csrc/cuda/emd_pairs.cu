@@ -104,8 +104,17 @@ __device__ void simple_dots(const Tin* X, int n, const Tin* Y, int m, int64_t C,
   }
 }
 
-template <typename Tin>
-__global__ void __launch_bounds__(kGemmThreads, 2) emd_pairs_kernel(EmdParams q) {
+constexpr int32_t kRescaleMark = -1;  // n_iter of a pair left to the rescaled kernel
+
+struct InputScales {
+  float x, y;  // X and Y were multiplied by these (powers of two) before the dot products
+};
+
+// RESCALED: only the pairs the plain kernel marked (n_iter == kRescaleMark), with X and Y scaled
+// down by powers of two first (patch entries so large that squared norms could overflow).
+// Separate instantiations keep the rare path's registers out of the common kernel.
+template <typename Tin, bool RESCALED>
+__global__ void __launch_bounds__(kGemmThreads, 3) emd_pairs_kernel(EmdParams q) {
   FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, t = threadIdx.x, nt = blockDim.x;
   const EmdLayout L = emd_layout(n, m);
@@ -122,54 +131,61 @@ __global__ void __launch_bounds__(kGemmThreads, 2) emd_pairs_kernel(EmdParams q)
   const float floor_ = float(kNormFloor);
   for (int64_t p = blockIdx.x; p < q.P; p += gridDim.x) {
     const Tin* X = static_cast<const Tin*>(q.x) + (p / q.k) * n * q.C;  // (n, C)
+    if constexpr (RESCALED) {
+      if (q.n_iter[p] != kRescaleMark) continue;  // the same value for the whole block
+    }
     const int64_t yrow = q.idx ? q.idx[p] : p;
     const Tin* Y = static_cast<const Tin*>(q.y) + yrow * m * q.C;      // (m, C)
     float* cb = cost_smem;  // (n, ldb): dot products, then the cost
     const int ldb = d.ld;
 
-    // 1. Dot products D, norms, squared norms of the row sums; redone with the inputs scaled down
-    // when entries are so large that squares could overflow (the cost and weights do not change).
-    float x_scale = 1.f, y_scale = 1.f;
-    for (int pass = 0; pass < 2; ++pass) {
-      if (L.fast) {
-        float acc[4][8], ss, colsq;
-        gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq, x_scale, y_scale);
-        const int tx = t & 7, ty = t >> 3;
+    // 1. Dot products D, norms, squared norms of the row sums.
+    InputScales sc{1.f, 1.f};
+    if constexpr (RESCALED) {  // X and Y scaled down: the cost and the weights do not change
+      sc.x = scale_for(max_abs<Tin, float>(X, n, q.C, red));
+      sc.y = scale_for(max_abs<Tin, float>(Y, m, q.C, red));
+      simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red, sc.x, sc.y);
+    } else if (L.fast) {
+      float acc[4][8], ss, colsq;
+      gemm_tile<Tin, float>(X, n, Y, m, q.C, apc, gs, acc, ss, colsq);
+      const int tx = t & 7, ty = t >> 3;
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
+      for (int r = 0; r < 4; ++r)
 #pragma unroll
-          for (int c = 0; c < 8; ++c) {
-            const int i = ty + 16 * r, j = tx + 8 * c;
-            if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
-          }
-        const float nv = fmaxf(sqrtf(ss), floor_ * (t < kTile ? x_scale : y_scale));
-        if (t < kTile) {
-          if (t < n) nrm[t] = nv;
-        } else if (t - kTile < m) {
-          nrm[n + t - kTile] = nv;
+        for (int c = 0; c < 8; ++c) {
+          const int i = ty + 16 * r, j = tx + 8 * c;
+          if (i < n && j < m) cb[i * ldb + j] = acc[r][c];
         }
-        if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
-#pragma unroll
-          for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
-          if ((t & 15) == 0) sums[t >> 4] = colsq;
-        }
-      } else {
-        simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red, x_scale, y_scale);
+      const float nv = fmaxf(sqrtf(ss), floor_);
+      if (t < kTile) {
+        if (t < n) nrm[t] = nv;
+      } else if (t - kTile < m) {
+        nrm[n + t - kTile] = nv;
       }
-      __syncthreads();
+      if (t < 32) {  // warp 0: lanes 0-15 hold X's partials, 16-31 Y's
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) colsq += __shfl_xor_sync(0xffffffffu, colsq, o);
+        if ((t & 15) == 0) sums[t >> 4] = colsq;
+      }
+    } else {
+      simple_dots<Tin>(X, n, Y, m, q.C, apc, cb, ldb, nrm, sums, red, 1.f, 1.f);
+    }
+    __syncthreads();
+    if constexpr (!RESCALED) {  // squares that could overflow: left to the rescaled kernel
       int huge = 0;
       for (int r = t; r < n + m; r += nt) huge |= !(nrm[r] * nrm[r] <= safe_sq_norm<float>());
-      if (pass > 0 || !__syncthreads_or(huge)) break;
-      x_scale = scale_for(max_abs<Tin, float>(X, n, q.C, red));
-      y_scale = scale_for(max_abs<Tin, float>(Y, m, q.C, red));
+      if (__syncthreads_or(huge)) {  // its barrier ends every read of this pair's shared data
+        if (t == 0) q.n_iter[p] = kRescaleMark;
+        continue;
+      }
     }
 
     // 2. Weights (APC from the dot products), then the cost C = 1 - D / (|x_i| |y_j|).
     auto D = [&](int i, int j) { return cb[i * ldb + j]; };
     if (apc) {
       // <x̂_i, unit(mean y)> = sum_j D_ij / (|x_i| m |mean y|), and symmetrically.
-      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_ * x_scale);
-      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_ * y_scale);
+      const float xmn = fmaxf(sqrtf(sums[0]) / float(n), floor_ * sc.x);
+      const float ymn = fmaxf(sqrtf(sums[1]) / float(m), floor_ * sc.y);
       row_partials<float, SumOp>(d, D, core.part);
       col_partials<float, SumOp>(d, D, core.part2);
       __syncthreads();
@@ -227,13 +243,13 @@ __global__ void __launch_bounds__(kGemmThreads, 2) emd_pairs_kernel(EmdParams q)
 
     // 3. Sinkhorn; the plan goes to flows when asked.
     const CostRef<float> cost{cb, ldb};
-    const SolveOut r = solve_problem<float, true>(d, cost, kbuf, core, q.eps, q.max_iter, q.tol, q.mode,
+    const SolveOut result = solve_problem<float, true>(d, cost, kbuf, core, q.eps, q.max_iter, q.tol, q.mode,
                                                 q.flows ? q.flows + p * nm : static_cast<float*>(nullptr),
                                                 static_cast<float*>(nullptr), static_cast<float*>(nullptr));
     if (t == 0) {
-      q.emd[p] = float(r.dist);
-      q.n_iter[p] = r.iters;
-      q.converged[p] = r.conv ? 1 : 0;
+      q.emd[p] = float(result.dist);
+      q.n_iter[p] = result.iters;
+      q.converged[p] = result.conv ? 1 : 0;
       if (q.fallback) q.fallback[p] = fell_back ? 1 : 0;
     }
     __syncthreads();
@@ -248,8 +264,13 @@ void launch(const EmdParams& q, cudaStream_t st) {
     throw std::invalid_argument("emd_pairs (cuda): n, m = " + std::to_string(q.n) + ", " + std::to_string(q.m) +
                                 " need " + std::to_string(L.bytes) + " bytes of shared memory, the device allows " +
                                 std::to_string(limit) + "; use the unfused path (cost, weights, sinkhorn)");
-  allow_max_smem<emd_pairs_kernel<Tin>>();
-  launch_kernel("emd_pairs_kernel", emd_pairs_kernel<Tin>, LaunchShape{grid_for(q.P), kGemmThreads, L.bytes}, st, q);
+  allow_max_smem<emd_pairs_kernel<Tin, false>>();
+  allow_max_smem<emd_pairs_kernel<Tin, true>>();
+  launch_kernel("emd_pairs_kernel", emd_pairs_kernel<Tin, false>, LaunchShape{grid_for(q.P), kGemmThreads, L.bytes}, st,
+                q);
+  // The pairs marked for rescaling (none unless entries are huge): blocks of others return at once.
+  launch_kernel("emd_pairs_kernel", emd_pairs_kernel<Tin, true>, LaunchShape{grid_for(q.P), kGemmThreads, L.bytes}, st,
+                q);
 }
 
 }  // namespace

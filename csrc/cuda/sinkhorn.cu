@@ -1,9 +1,10 @@
 // Batched Sinkhorn on the GPU, one block per problem, the whole loop on-chip.
 // Auto / kernel / log modes: K (or Cr) in registers (float32, n, m <= 64), in shared memory up to
 // the device's opt-in maximum, else in the caller's plan buffer.
-// Official mode: K recomputed from the cost; the blocks of a group of coupled problems run
-// together (a cooperative launch) and sum their |r - r_prev| through global memory every
-// iteration, so that the group stops together exactly as fastface/reference/sinkhorn.py does.
+// Official mode: K in shared memory when it fits, else recomputed from the cost; the blocks of a
+// group of coupled problems run together (a cooperative launch) and sum their |r - r_prev|
+// through global memory every iteration, so that the group stops together exactly as
+// fastface/reference/sinkhorn.py does. The plan is written only when asked for.
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -106,11 +107,11 @@ __global__ void __launch_bounds__(REG ? kRegThreads : kPlanKThreads, REG ? 4 : 1
     T* f = q.f ? static_cast<T*>(q.f) + p * n : nullptr;
     T* g = q.g ? static_cast<T*>(q.g) + p * m : nullptr;
     T* k_buf = K_SMEM ? k_smem : plan;  // !K_SMEM: the plan (ld == m) is the scratch
-    const SolveOut r = solve_problem<T, REG>(d, cost, k_buf, core, eps, q.max_iter, tol, q.mode, plan, f, g);
+    const SolveOut result = solve_problem<T, REG>(d, cost, k_buf, core, eps, q.max_iter, tol, q.mode, plan, f, g);
     if (tid == 0) {
-      static_cast<T*>(q.distance)[p] = T(r.dist);
-      q.n_iter[p] = r.iters;
-      q.converged[p] = r.conv ? 1 : 0;
+      static_cast<T*>(q.distance)[p] = T(result.dist);
+      q.n_iter[p] = result.iters;
+      q.converged[p] = result.conv ? 1 : 0;
     }
     __syncthreads();
   }
@@ -153,15 +154,21 @@ void launch(const SkParams& q, cudaStream_t st) {
 // rc (P, n + m): the scalings r, c when they do not fit in shared memory.
 struct OfficialTeam {
   int size;
-  unsigned* arrivals;
+  unsigned long long* arrivals;
   double* sums;
   void* rc;
 };
 
 // Shared layout of sinkhorn_official_kernel: red | part (part_len) | wr (n) | wc (m) | r, c of this
-// block's problems (members * (n + m)) if RC_SMEM.
+// block's problems (members * (n + m)) if RC_SMEM | K of its problems (members, n, m | 1) if K_SMEM.
 template <typename T>
-size_t official_smem_bytes(const Dims& d, int64_t members, bool rc_smem) {
+__host__ __device__ inline size_t official_k_offset(const Dims& d, int64_t members) {
+  return align16(kRedBytes + (size_t(d.part_len) + d.n + d.m) * sizeof(T) + size_t(members) * (d.n + d.m) * sizeof(T));
+}
+
+template <typename T>
+size_t official_smem_bytes(const Dims& d, int64_t members, bool rc_smem, bool k_smem) {
+  if (k_smem) return official_k_offset<T>(d, members) + size_t(members) * d.n * (d.m | 1) * sizeof(T);
   return kRedBytes + (size_t(d.part_len) + d.n + d.m) * sizeof(T) +
          (rc_smem ? size_t(members) * (d.n + d.m) * sizeof(T) : 0);
 }
@@ -170,14 +177,14 @@ size_t official_smem_bytes(const Dims& d, int64_t members, bool rc_smem) {
 // each block publishes its value, then waits for the others (the team is co-resident). `epoch`
 // counts this block's exchanges: each parity's slots are rewritten only two exchanges later, when
 // every block has read them.
-__device__ double team_sum(double v, const OfficialTeam& team, int64_t slot, int rank, unsigned epoch,
+__device__ double team_sum(double v, const OfficialTeam& team, int64_t slot, int rank, unsigned long long epoch,
                            double* red) {
   double* vals = team.sums + (slot * 2 + (epoch & 1u)) * team.size;
   if (threadIdx.x == 0) {
     vals[rank] = v;
     __threadfence();
-    atomicAdd(team.arrivals + slot, 1u);
-    while (atomicAdd(team.arrivals + slot, 0u) < epoch * unsigned(team.size)) __nanosleep(100);
+    atomicAdd(team.arrivals + slot, 1ull);
+    while (atomicAdd(team.arrivals + slot, 0ull) < epoch * (unsigned long long)team.size) __nanosleep(100);
     __threadfence();
   }
   __syncthreads();
@@ -193,9 +200,10 @@ __device__ double team_sum(double v, const OfficialTeam& team, int64_t slot, int
   return total;
 }
 
-// Official DeepFace-EMD loop: K = exp(-C/eps) recomputed from the cost, r = a / (K c),
-// c = b / (K^T r); the group stops when mean |r - r_prev| over its G * n entries < tol.
-template <typename T, bool RC_SMEM>
+// Official DeepFace-EMD loop: K = exp(-C/eps) (kept in shared memory with K_SMEM, else recomputed
+// from the cost), r = a / (K c), c = b / (K^T r); the group stops when mean |r - r_prev| over its
+// G * n entries < tol. K_SMEM needs RC_SMEM.
+template <typename T, bool RC_SMEM, bool K_SMEM>
 __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, OfficialTeam team) {
   FASTFACE_DYNAMIC_SMEM(smem);
   const int n = q.n, m = q.m, tid = threadIdx.x, nt = blockDim.x;
@@ -212,16 +220,34 @@ __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, O
   const T* cost = static_cast<const T*>(q.cost);
   const T* A = static_cast<const T*>(q.a);
   const T* B = static_cast<const T*>(q.b);
-  unsigned epoch = 0;
+  const int ldk = m | 1;  // odd row stride of K in shared memory: conflict-free columns
+  T* k_smem = reinterpret_cast<T*>(smem + official_k_offset<T>(d, (G + team.size - 1) / team.size));
+  unsigned long long epoch = 0;  // team exchanges so far
   for (int64_t grp = first_slot; grp < groups; grp += slots) {
     const int64_t first = grp * G;
     auto rc_of = [&](int64_t k) -> T* {  // r (n) then c (m) of problem first + k (k % size == rank)
       if constexpr (RC_SMEM) return rc_smem + (k / team.size) * (n + m);
       else return static_cast<T*>(team.rc) + (first + k) * (n + m);
     };
+    auto k_of = [&](int64_t k) {  // K(i, j) of problem first + k
+      const T* C = cost + (first + k) * nm;  // (n, m)
+      const T* K = k_smem + (k / team.size) * n * ldk;
+      return [=](int i, int j) -> T {
+        if constexpr (K_SMEM) return K[i * ldk + j];
+        else return dexp(-C[i * m + j] / eps);
+      };
+    };
     for (int64_t k = rank; k < G; k += team.size) {
       T* r = rc_of(k);
       for (int t = tid; t < n + m; t += nt) r[t] = T(1);
+      if constexpr (K_SMEM) {
+        const T* C = cost + (first + k) * nm;
+        T* K = k_smem + (k / team.size) * n * ldk;
+        for (int idx = tid; idx < n * m; idx += nt) {
+          const int i = idx / m, j = idx - i * m;
+          K[i * ldk + j] = dexp(-C[idx] / eps);
+        }
+      }
     }
     __syncthreads();
     int iters = 0;
@@ -229,12 +255,12 @@ __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, O
     for (int it = 0; it < q.max_iter; ++it) {
       double dr = 0;
       for (int64_t k = rank; k < G; k += team.size) {
-        const T* C = cost + (first + k) * nm;  // (n, m)
+        const auto K = k_of(k);
         const T* a = A + (first + k) * n;
         const T* b = B + (first + k) * m;
         T* r = rc_of(k);
         T* c = r + n;
-        row_partials<T, SumOp>(d, [&](int i, int j) { return dexp(-C[i * m + j] / eps) * c[j]; }, part);
+        row_partials<T, SumOp>(d, [&](int i, int j) { return K(i, j) * c[j]; }, part);
         __syncthreads();
         for (int i = tid; i < n; i += nt) {
           const T r_new = a[i] / combine<T, SumOp>(part, d.row_chunks, n, i);
@@ -242,7 +268,7 @@ __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, O
           r[i] = r_new;
         }
         __syncthreads();
-        col_partials<T, SumOp>(d, [&](int i, int j) { return dexp(-C[i * m + j] / eps) * r[i]; }, part);
+        col_partials<T, SumOp>(d, [&](int i, int j) { return K(i, j) * r[i]; }, part);
         __syncthreads();
         for (int j = tid; j < m; j += nt) c[j] = b[j] / combine<T, SumOp>(part, d.col_chunks, m, j);
         __syncthreads();
@@ -260,11 +286,12 @@ __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, O
       for (int t = tid; t < n + m; t += nt) wr[t] = r[t];  // wr, wc are contiguous
       __syncthreads();
       const T* C = cost + (first + k) * nm;
+      const auto K = k_of(k);
       T* plan = q.plan ? static_cast<T*>(q.plan) + (first + k) * nm : nullptr;
       double sim = 0;
       for (int idx = tid; idx < n * m; idx += nt) {
         const int i = idx / m, j = idx - i * m;
-        const T v = wr[i] * dexp(-C[idx] / eps) * wc[j];
+        const T v = wr[i] * K(i, j) * wc[j];
         sim += double(v) * (1.0 - double(C[idx]));
         if (plan) plan[idx] = v;
       }
@@ -279,21 +306,22 @@ __global__ void __launch_bounds__(256, 1) sinkhorn_official_kernel(SkParams q, O
 }
 
 // The official launch: `teams` teams of `size` blocks in flight (all co-resident), r, c of each
-// block's `members` problems in shared memory (rc_smem) or in global scratch.
+// block's `members` problems in shared memory (rc_smem) or in global scratch, their K in shared
+// memory (k_smem) or recomputed.
 struct OfficialLaunch {
   int threads, size;
   int64_t teams, members;
   size_t bytes;
-  bool rc_smem;
+  bool rc_smem, k_smem;
 };
 
 // Blocks of the official kernel resident at once on the current device.
-template <typename T, bool RC_SMEM>
+template <typename T, bool RC_SMEM, bool K_SMEM>
 int64_t official_capacity(int threads, size_t bytes) {
-  allow_max_smem<sinkhorn_official_kernel<T, RC_SMEM>>();
+  allow_max_smem<sinkhorn_official_kernel<T, RC_SMEM, K_SMEM>>();
   int per_sm = 0, dev = 0, sms = 0;
-  check_call(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sinkhorn_official_kernel<T, RC_SMEM>, threads,
-                                                           bytes),
+  check_call(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sinkhorn_official_kernel<T, RC_SMEM, K_SMEM>,
+                                                           threads, bytes),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   check_call(cudaGetDevice(&dev), "cudaGetDevice");
   check_call(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
@@ -306,43 +334,55 @@ OfficialLaunch official_launch(const SkParams& q, size_t limit) {
   o.threads = pick_threads(q.n, q.m);
   const Dims d = make_dims(q.n, q.m, q.m, o.threads);
   const int64_t G = q.group, groups = q.P / G;
-  o.bytes = official_smem_bytes<T>(d, 1, false);
+  o.bytes = official_smem_bytes<T>(d, 1, false, false);
   if (o.bytes > limit)
     throw std::invalid_argument("sinkhorn (cuda, official): n + m too large: " + std::to_string(o.bytes) +
                                 " bytes of shared memory needed, the device allows " + std::to_string(limit));
   // One block per problem when the whole group fits on the device at once, else fewer blocks per
   // group with several problems each; shrink until the chosen layout's occupancy holds the team.
-  int64_t size = std::min<int64_t>(G, official_capacity<T, true>(o.threads, official_smem_bytes<T>(d, 1, true)));
+  int64_t size = std::min<int64_t>(
+      G, official_capacity<T, true, false>(o.threads, official_smem_bytes<T>(d, 1, true, false)));
+  int64_t cap = 0;
   for (;;) {
     size = std::max<int64_t>(size, 1);
     o.members = (G + size - 1) / size;
-    o.rc_smem = official_smem_bytes<T>(d, o.members, true) <= limit;
-    o.bytes = official_smem_bytes<T>(d, o.members, o.rc_smem);
-    const int64_t cap = o.rc_smem ? official_capacity<T, true>(o.threads, o.bytes)
-                                  : official_capacity<T, false>(o.threads, o.bytes);
-    if (size <= cap || size == 1) {
-      o.size = int(size);
-      o.teams = std::max<int64_t>(1, std::min<int64_t>(groups, cap / size));
-      return o;
-    }
+    o.rc_smem = official_smem_bytes<T>(d, o.members, true, false) <= limit;
+    o.bytes = official_smem_bytes<T>(d, o.members, o.rc_smem, false);
+    cap = o.rc_smem ? official_capacity<T, true, false>(o.threads, o.bytes)
+                    : official_capacity<T, false, false>(o.threads, o.bytes);
+    if (size <= cap || size == 1) break;
     size = cap;
   }
+  o.size = int(size);
+  // K in shared memory too when it fits without shrinking the team.
+  o.k_smem = false;
+  const size_t k_bytes = official_smem_bytes<T>(d, o.members, true, true);
+  if (o.rc_smem && k_bytes <= limit) {
+    const int64_t k_cap = official_capacity<T, true, true>(o.threads, k_bytes);
+    if (k_cap >= size) {
+      o.k_smem = true;
+      o.bytes = k_bytes;
+      cap = k_cap;
+    }
+  }
+  o.teams = std::max<int64_t>(1, std::min<int64_t>(groups, cap / size));
+  return o;
 }
 
-template <typename T, bool RC_SMEM>
+template <typename T, bool RC_SMEM, bool K_SMEM>
 void launch_official_kernel(const SkParams& q, const OfficialLaunch& o, const OfficialTeam& team, cudaStream_t st) {
-  allow_max_smem<sinkhorn_official_kernel<T, RC_SMEM>>();
+  allow_max_smem<sinkhorn_official_kernel<T, RC_SMEM, K_SMEM>>();
   LaunchShape shape{o.teams * o.size, o.threads, o.bytes};
   if (o.size == 1) shape.grid = grid_for(q.P / q.group);  // no exchange: any number of blocks
   shape.cooperative = o.size > 1;
-  launch_kernel("sinkhorn_official_kernel", sinkhorn_official_kernel<T, RC_SMEM>, shape, st, q, team);
+  launch_kernel("sinkhorn_official_kernel", sinkhorn_official_kernel<T, RC_SMEM, K_SMEM>, shape, st, q, team);
 }
 
 template <typename T>
 void launch_official(const SkParams& q, cudaStream_t st) {
   const OfficialLaunch o = official_launch<T>(q, max_smem_optin());
   // Global scratch: arrivals (teams) | sums (teams, 2, size) | rc (P, n + m) unless in shared memory.
-  const size_t arrivals_bytes = align16(size_t(o.teams) * sizeof(unsigned));
+  const size_t arrivals_bytes = align16(size_t(o.teams) * sizeof(unsigned long long));
   const size_t sums_bytes = o.size > 1 ? align16(size_t(o.teams) * 2 * o.size * sizeof(double)) : 0;
   const size_t rc_bytes = o.rc_smem ? 0 : size_t(q.P) * (q.n + q.m) * sizeof(T);
   const size_t scratch_bytes = (o.size > 1 ? arrivals_bytes + sums_bytes : 0) + rc_bytes;
@@ -353,14 +393,16 @@ void launch_official(const SkParams& q, cudaStream_t st) {
   }
   OfficialTeam team;
   team.size = o.size;
-  team.arrivals = o.size > 1 ? reinterpret_cast<unsigned*>(scratch) : nullptr;
+  team.arrivals = o.size > 1 ? reinterpret_cast<unsigned long long*>(scratch) : nullptr;
   team.sums = o.size > 1 ? reinterpret_cast<double*>(scratch + arrivals_bytes) : nullptr;
   team.rc = rc_bytes ? scratch + (o.size > 1 ? arrivals_bytes + sums_bytes : 0) : nullptr;
   try {
-    if (o.rc_smem)
-      launch_official_kernel<T, true>(q, o, team, st);
+    if (o.k_smem)
+      launch_official_kernel<T, true, true>(q, o, team, st);
+    else if (o.rc_smem)
+      launch_official_kernel<T, true, false>(q, o, team, st);
     else
-      launch_official_kernel<T, false>(q, o, team, st);
+      launch_official_kernel<T, false, false>(q, o, team, st);
   } catch (...) {
     if (scratch) cudaFreeAsync(scratch, st);
     throw;
@@ -402,9 +444,10 @@ size_t element_size(DType dtype) {
 
 int64_t sinkhorn_smem_bytes(int64_t n, int64_t m, DType dtype, SinkhornMode mode, bool k_in_smem) {
   const bool f32 = element_size(dtype) == sizeof(float);
-  if (mode == SinkhornMode::Official) {  // one problem per block, r and c in shared memory
+  if (mode == SinkhornMode::Official) {  // one problem per block, r and c (and K) in shared memory
     const Dims d = make_dims(int(n), int(m), int(m), pick_threads(n, m));
-    return int64_t(f32 ? official_smem_bytes<float>(d, 1, true) : official_smem_bytes<double>(d, 1, true));
+    return int64_t(f32 ? official_smem_bytes<float>(d, 1, true, k_in_smem)
+                       : official_smem_bytes<double>(d, 1, true, k_in_smem));
   }
   const Dims d = k_in_smem ? make_dims(int(n), int(m), int(m | 1), pick_threads(n, m))
                            : make_dims(int(n), int(m), int(m), kPlanKThreads);

@@ -233,7 +233,7 @@ __device__ __forceinline__ void refill_cr(const Dims& d, const CostRef<T>& cost,
 // u = a / (K v); v = b / (K^T u); stop when sum_i |u_i (K v)_i - a_i| <= tol.
 template <typename T, class KS>
 __device__ __forceinline__ void kernel_domain(const Dims& d, const KS& ks, Core<T>& core, int max_iter,
-                                              T tol, SolveOut& r) {
+                                              T tol, SolveOut& result) {
   const int tid = threadIdx.x, nt = blockDim.x;
   for (int i = tid; i < d.n; i += nt) core.u[i] = T(1);
   for (int j = tid; j < d.m; j += nt) core.v[j] = T(1);
@@ -241,8 +241,8 @@ __device__ __forceinline__ void kernel_domain(const Dims& d, const KS& ks, Core<
   row_partials<T, SumOp>(d, [&](int i, int j) { return ks.k(i, j) * core.v[j]; }, core.part);
   __syncthreads();
   for (int i = tid; i < d.n; i += nt) core.kv[i] = combine<T, SumOp>(core.part, d.row_chunks, d.n, i);
-  r.iters = 0;
-  r.conv = false;
+  result.iters = 0;
+  result.conv = false;
   for (int it = 0; it < max_iter; ++it) {
     // Row i is always handled by the same thread, so kv[i] / u[i] need no barrier of their own.
     for (int i = tid; i < d.n; i += nt) core.u[i] = core.wa[i] > T(0) ? core.wa[i] / core.kv[i] : T(0);
@@ -263,9 +263,9 @@ __device__ __forceinline__ void kernel_domain(const Dims& d, const KS& ks, Core<
       e += dabs(core.u[i] * kv - core.wa[i]);
     }
     const T err = block_sum(e, core.red);  // same value in every thread: uniform exit
-    ++r.iters;
+    ++result.iters;
     if (err <= tol) {
-      r.conv = true;
+      result.conv = true;
       break;
     }
   }
@@ -282,7 +282,7 @@ constexpr int kRegDim = 64;
 // On exit core.u, core.v hold u, v (as kernel_domain leaves them).
 template <typename T>
 __device__ __forceinline__ void kernel_domain_reg(const Dims& d, const T* buf, Core<T>& core, int max_iter,
-                                                  T tol, SolveOut& r) {
+                                                  T tol, SolveOut& result) {
   const int t = threadIdx.x, tx = t & 7, ty = t >> 3, w = t >> 5;
   const bool b4 = (t >> 4) & 1, b3 = (t >> 3) & 1;
   T* colbuf = core.part;  // (4, 64): per-warp column sums; part and part2 are contiguous, 2 part_len >= 256
@@ -314,8 +314,8 @@ __device__ __forceinline__ void kernel_domain_reg(const Dims& d, const T* buf, C
     }
   };
   row_sums();
-  r.iters = 0;
-  r.conv = false;
+  result.iters = 0;
+  result.conv = false;
   for (int it = 0; it < max_iter; ++it) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) ur[q] = ar[q] > T(0) ? ar[q] / kvr[q] : T(0);
@@ -363,9 +363,9 @@ __device__ __forceinline__ void kernel_domain_reg(const Dims& d, const T* buf, C
         if (ty + 16 * q < d.n) e += dabs(ur[q] * kvr[q] - ar[q]);
     }
     const T err = block_sum(e, core.red);  // its barriers also order colbuf / core.v reuse
-    ++r.iters;
+    ++result.iters;
     if (err <= tol) {
-      r.conv = true;
+      result.conv = true;
       break;
     }
   }
@@ -380,7 +380,7 @@ __device__ __forceinline__ void kernel_domain_reg(const Dims& d, const T* buf, C
 // f = eps log a - eps LSE_j((g - Cr)/eps); g likewise; stop on sum_i |exp(LSE_j((f+g-Cr)/eps)) - a_i|.
 template <typename T, class KS>
 __device__ __forceinline__ void log_domain(const Dims& d, const KS& ks, Core<T>& core, T eps, int max_iter,
-                                           T tol, SolveOut& r) {
+                                           T tol, SolveOut& result) {
   const int tid = threadIdx.x, nt = blockDim.x;
   const T inv_eps = T(1) / eps, ninf = -inf_v<T>();
   for (int i = tid; i < d.n; i += nt) core.u[i] = T(0);
@@ -389,8 +389,8 @@ __device__ __forceinline__ void log_domain(const Dims& d, const KS& ks, Core<T>&
   row_lse_partials(d, [&](int i, int j) { return (core.v[j] - ks.cr(i, j)) * inv_eps; }, core.part, core.part2);
   __syncthreads();
   for (int i = tid; i < d.n; i += nt) core.kv[i] = lse_combine(core.part, core.part2, d.row_chunks, d.n, i);
-  r.iters = 0;
-  r.conv = false;
+  result.iters = 0;
+  result.conv = false;
   for (int it = 0; it < max_iter; ++it) {
     for (int i = tid; i < d.n; i += nt)
       core.u[i] = core.wa[i] > T(0) ? eps * dlog(core.wa[i]) - eps * core.kv[i] : ninf;
@@ -409,9 +409,9 @@ __device__ __forceinline__ void log_domain(const Dims& d, const KS& ks, Core<T>&
       e += dabs(dexp(core.u[i] * inv_eps + R) - core.wa[i]);  // f = -inf, R finite: exp(-inf) = 0
     }
     const T err = block_sum(e, core.red);
-    ++r.iters;
+    ++result.iters;
     if (err <= tol) {
-      r.conv = true;
+      result.conv = true;
       break;
     }
   }
@@ -427,10 +427,10 @@ __device__ __forceinline__ SolveOut solve_problem(const Dims& d, const CostRef<T
                                                   T* g_out) {
   const int tid = threadIdx.x, nt = blockDim.x;
   const BufKS<T> ks{buf, d.ld};
-  SolveOut r;
-  r.dist = 0;
-  r.iters = 0;
-  r.conv = false;
+  SolveOut result;
+  result.dist = 0;
+  result.iters = 0;
+  result.conv = false;
   const T max_cr = reduce_cost<T>(d, cost, buf, core);
   bool use_log = mode == int(SinkhornMode::Log) ||
                  (mode == int(SinkhornMode::Auto) && max_cr / eps > T(kLogDomainThreshold));
@@ -443,11 +443,11 @@ __device__ __forceinline__ SolveOut solve_problem(const Dims& d, const CostRef<T
     __syncthreads();
     if constexpr (REG) {
       if (blockDim.x == kRegThreads && d.n <= kRegDim && d.m <= kRegDim)
-        kernel_domain_reg(d, static_cast<const T*>(buf), core, max_iter, tol, r);
+        kernel_domain_reg(d, static_cast<const T*>(buf), core, max_iter, tol, result);
       else
-        kernel_domain(d, ks, core, max_iter, tol, r);
+        kernel_domain(d, ks, core, max_iter, tol, result);
     } else {
-      kernel_domain(d, ks, core, max_iter, tol, r);
+      kernel_domain(d, ks, core, max_iter, tol, result);
     }
     if (mode == int(SinkhornMode::Auto)) {
       // A positive weight needs a finite, positive scaling; else rerun in the log domain.
@@ -463,7 +463,7 @@ __device__ __forceinline__ SolveOut solve_problem(const Dims& d, const CostRef<T
       }
     }
   }
-  if (use_log) log_domain(d, ks, core, eps, max_iter, tol, r);
+  if (use_log) log_domain(d, ks, core, eps, max_iter, tol, result);
   __syncthreads();
   // Outputs: plan = u K v (kernel) or exp((f + g - Cr)/eps) (log); distance = <plan, C>.
   const T inv_eps = T(1) / eps;
@@ -479,8 +479,8 @@ __device__ __forceinline__ SolveOut solve_problem(const Dims& d, const CostRef<T
     for (int i = tid; i < d.n; i += nt) f_out[i] = use_log ? core.u[i] : eps * dlog(core.u[i]);  // of Cr
   if (g_out)
     for (int j = tid; j < d.m; j += nt) g_out[j] = use_log ? core.v[j] : eps * dlog(core.v[j]);
-  r.dist = block_sum(acc, core.red);
-  return r;
+  result.dist = block_sum(acc, core.red);
+  return result;
 }
 
 }  // namespace cuda

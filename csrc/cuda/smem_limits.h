@@ -8,8 +8,8 @@
 namespace fastface {
 namespace cuda {
 
-// Dynamic shared memory of sinkhorn()'s launch for one (n, m) problem (official: one problem per
-// block), with K in shared memory (k_in_smem) or in the plan buffer.
+// Dynamic shared memory of sinkhorn()'s launch for one (n, m) problem, with K in shared memory
+// (k_in_smem) or in the plan buffer (official mode: one problem per block, K recomputed).
 int64_t sinkhorn_smem_bytes(int64_t n, int64_t m, DType dtype, SinkhornMode mode, bool k_in_smem);
 // Whether sinkhorn() on the current device needs args.plan as scratch (K too large for shared
 // memory); throws std::invalid_argument when (n, m) cannot run at all.

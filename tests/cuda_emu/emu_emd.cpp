@@ -1,7 +1,7 @@
 // The EMD kernels of csrc/cuda (sinkhorn.cu, emd_pairs.cu, patch_cost.cu) built for the host
 // emulator (include/cuda_runtime.h here) as a C library for ctypes: the same launchers and
 // kernels, on host memory, with the argument lists of the _C bindings (csrc/bind.cpp) minus the
-// stream. Built and driven by tests/test_emd_cuda_emu.py with
+// stream; every integer is an int64_t (what ctypes passes for a Python int). Built and driven by tests/test_emd_cuda_emu.py with
 //   g++ -std=c++20 -O2 -pthread -shared -fPIC -fno-gnu-unique -DFASTFACE_CUDA_EMULATION -Itests/cuda_emu/include
 //       tests/cuda_emu/emu_emd.cpp -o libffemu_emd.so
 #include <cstdint>
@@ -41,9 +41,11 @@ const char* ff_emu_error() { return g_error.c_str(); }
 // device maximum (csrc/cuda/common.cuh sets it once per kernel and device, to the maximum).
 int ff_emu_smem_attr_sets() { return emu::smem_attr_sets.load(); }
 int ff_emu_smem_attr_below_max() { return emu::smem_attr_below.load(); }
+// Dynamic shared memory of the last launch (which layout a launcher chose).
+int64_t ff_emu_last_launch_smem_bytes() { return emu::last_launch_smem.load(); }
 
 // csrc/cuda/smem_limits.h: 1 / 0, or -1 with ff_emu_error() set.
-int ff_emu_sinkhorn_needs_plan(int64_t n, int64_t m, int dtype, int mode) {
+int ff_emu_sinkhorn_needs_plan(int64_t n, int64_t m, int64_t dtype, int64_t mode) {
   bool r = false;
   if (guarded([&] {
         r = fastface::cuda::sinkhorn_needs_plan(n, m, static_cast<fastface::DType>(dtype),
@@ -52,7 +54,7 @@ int ff_emu_sinkhorn_needs_plan(int64_t n, int64_t m, int dtype, int mode) {
     return -1;
   return r ? 1 : 0;
 }
-int64_t ff_emu_sinkhorn_smem_bytes(int64_t n, int64_t m, int dtype, int mode, int k_in_smem) {
+int64_t ff_emu_sinkhorn_smem_bytes(int64_t n, int64_t m, int64_t dtype, int64_t mode, int64_t k_in_smem) {
   return fastface::cuda::sinkhorn_smem_bytes(n, m, static_cast<fastface::DType>(dtype),
                                              static_cast<fastface::SinkhornMode>(mode), k_in_smem != 0);
 }
@@ -60,7 +62,7 @@ int ff_emu_emd_pairs_fits(int64_t n, int64_t m) { return fastface::cuda::emd_pai
 int64_t ff_emu_emd_pairs_smem_bytes(int64_t n, int64_t m) { return fastface::cuda::emd_pairs_smem_bytes(n, m); }
 
 int ff_emu_patch_cost(uintptr_t x, uintptr_t y, uintptr_t out, int64_t P, int64_t rep, int64_t n, int64_t m,
-                      int64_t C, int dtype) {
+                      int64_t C, int64_t dtype) {
   return guarded([&] {
     fastface::PatchCostArgs a;
     a.x = ptr<const void>(x); a.y = ptr<const void>(y); a.out = ptr<void>(out);
@@ -70,12 +72,12 @@ int ff_emu_patch_cost(uintptr_t x, uintptr_t y, uintptr_t out, int64_t P, int64_
 }
 
 int ff_emu_sinkhorn(uintptr_t cost, uintptr_t a, uintptr_t b, int64_t P, int64_t n, int64_t m, double eps,
-                    int max_iter, double tol, int mode, int64_t group, int dtype, uintptr_t distance,
+                    int64_t max_iter, double tol, int64_t mode, int64_t group, int64_t dtype, uintptr_t distance,
                     uintptr_t plan, uintptr_t f, uintptr_t g, uintptr_t n_iter, uintptr_t converged) {
   return guarded([&] {
     fastface::SinkhornArgs s;
     s.cost = ptr<const void>(cost); s.a = ptr<const void>(a); s.b = ptr<const void>(b);
-    s.P = P; s.n = n; s.m = m; s.eps = eps; s.max_iter = max_iter; s.tol = tol;
+    s.P = P; s.n = n; s.m = m; s.eps = eps; s.max_iter = int(max_iter); s.tol = tol;
     s.mode = static_cast<fastface::SinkhornMode>(mode); s.group = group;
     s.dtype = static_cast<fastface::DType>(dtype);
     s.distance = ptr<void>(distance); s.plan = ptr<void>(plan); s.f = ptr<void>(f); s.g = ptr<void>(g);
@@ -85,8 +87,8 @@ int ff_emu_sinkhorn(uintptr_t cost, uintptr_t a, uintptr_t b, int64_t P, int64_t
 }
 
 int ff_emu_emd_pairs(uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t k, int64_t n, int64_t m,
-                     int64_t C, int dtype, int weighting, uintptr_t wx, uintptr_t wy, double eps, int max_iter,
-                     double tol, int mode, uintptr_t emd, uintptr_t flows, uintptr_t n_iter, uintptr_t converged,
+                     int64_t C, int64_t dtype, int64_t weighting, uintptr_t wx, uintptr_t wy, double eps, int64_t max_iter,
+                     double tol, int64_t mode, uintptr_t emd, uintptr_t flows, uintptr_t n_iter, uintptr_t converged,
                      uintptr_t fallback) {
   return guarded([&] {
     fastface::EmdPairsArgs e;
@@ -94,7 +96,7 @@ int ff_emu_emd_pairs(uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t
     e.B = B; e.k = k; e.n = n; e.m = m; e.C = C; e.in_dtype = static_cast<fastface::DType>(dtype);
     e.weighting = static_cast<fastface::Weighting>(weighting);
     e.wx_in = ptr<const float>(wx); e.wy_in = ptr<const float>(wy);
-    e.eps = eps; e.max_iter = max_iter; e.tol = tol; e.mode = static_cast<fastface::SinkhornMode>(mode);
+    e.eps = eps; e.max_iter = int(max_iter); e.tol = tol; e.mode = static_cast<fastface::SinkhornMode>(mode);
     e.emd = ptr<float>(emd); e.flows = ptr<float>(flows); e.n_iter = ptr<int32_t>(n_iter);
     e.converged = ptr<uint8_t>(converged); e.fallback = ptr<uint8_t>(fallback);
     fastface::cuda::emd_pairs(e, nullptr);

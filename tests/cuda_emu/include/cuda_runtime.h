@@ -1,17 +1,22 @@
-// Host emulation of the CUDA subset that csrc/cuda/conv_transpose.cu uses, so that its kernels
-// and launchers run (slowly, exactly) on machines without a GPU: tests/test_generator_cuda_emu.py.
-// Every thread of a block is a std::thread; __syncthreads, warp shuffles and cluster barriers are
-// std::barrier; the blocks of a cluster run together and see each other's shared memory (DSMEM);
+// Host emulation of the CUDA subset that csrc/cuda uses, so that its kernels and launchers run
+// (slowly, exactly) on machines without a GPU: tests/test_generator_cuda_emu.py (conv_transpose.cu)
+// and tests/test_emd_cuda_emu.py (sinkhorn.cu, emd_pairs.cu, patch_cost.cu).
+// Every thread of a block is a fiber (ucontext) on the calling thread, switched at barriers and
+// spin-waits; __syncthreads, warp shuffles and cluster barriers are real barriers; the blocks of a
+// cluster (of a cooperative grid) run together and see each other's shared memory (DSMEM);
 // clusters run one after another. Dynamic shared memory starts as NaN bytes, so reading what was
 // never written shows up in the results. Launch limits (dynamic shared memory opt-in, cluster
-// sizes > 8 need the non-portable attribute) are checked as the driver does.
+// sizes > 8 need the non-portable attribute, cooperative grids must fit the device at once) are
+// checked as the driver does. Kernels take their dynamic shared memory through
+// FASTFACE_DYNAMIC_SMEM (csrc/cuda/common.cuh) and launch through cudaLaunchKernelEx.
 // Device properties come from FF_EMU_CC_MAJOR (9), FF_EMU_SMS (132), FF_EMU_SMEM_OPTIN (232448),
-// FF_EMU_MAX_CLUSTER (16) and FF_EMU_ACTIVE_CLUSTERS (3).
+// FF_EMU_MAX_CLUSTER (16), FF_EMU_ACTIVE_CLUSTERS (3) and FF_EMU_BLOCKS_PER_SM (4).
 #pragma once
 #include <math.h>
+#include <ucontext.h>
 
 #include <atomic>
-#include <barrier>
+#include <functional>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -19,7 +24,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -27,6 +31,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
@@ -110,13 +115,47 @@ inline thread_local dim3 blockDim, gridDim;
 // ---- execution context ----
 namespace emu {
 
+// Fibers: the emulated threads of the running blocks, resumed round-robin by run_fibers.
+struct Fiber {
+  ucontext_t uc;
+  std::unique_ptr<char[]> stack;
+  bool done = false;
+};
+struct Scheduler {
+  ucontext_t main;
+  Fiber* current = nullptr;
+  bool progress = false;
+  std::function<void()>* body = nullptr;
+};
+inline thread_local Scheduler* sched = nullptr;
+
+// Back to the scheduler; resumed after every other fiber had its turn.
+inline void yield() { swapcontext(&sched->current->uc, &sched->main); }
+
+// A barrier of `expected` fibers.
+struct Barrier {
+  int expected, count = 0;
+  unsigned gen = 0;
+  explicit Barrier(std::ptrdiff_t n) : expected(int(n)) {}
+  void arrive_and_wait() {
+    const unsigned g = gen;
+    sched->progress = true;
+    if (++count == expected) {
+      count = 0;
+      ++gen;
+      return;
+    }
+    while (gen == g) yield();
+  }
+};
+
 struct Warp {
-  std::unique_ptr<std::barrier<>> bar;
+  std::unique_ptr<Barrier> bar;
   uint64_t slot[32];
 };
 
 struct Block {
-  std::unique_ptr<std::barrier<>> bar;
+  std::unique_ptr<Barrier> bar;
   std::atomic<int> flag{0};
   std::vector<char> smem;  // dynamic shared memory (16-byte aligned start: see smem_base)
   std::vector<Warp> warps;
@@ -124,7 +163,7 @@ struct Block {
 };
 
 struct Cluster {
-  std::unique_ptr<std::barrier<>> bar;
+  std::unique_ptr<Barrier> bar;
   std::vector<Block*> blocks;
 };
 
@@ -150,6 +189,7 @@ inline std::mutex attrs_mu;
 inline std::map<const void*, FuncAttrs> attrs;
 inline std::atomic<int> smem_attr_sets{0};   // cudaFuncSetAttribute(MaxDynamicSharedMemorySize) calls
 inline std::atomic<int> smem_attr_below{0};  // ... of them with a value below the device maximum
+inline std::atomic<long long> last_launch_smem{-1};  // dynamic shared memory of the last launch
 inline thread_local int last_error = 0;
 
 }  // namespace emu
@@ -191,7 +231,7 @@ inline T atomicAdd(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v);
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+inline void __nanosleep(unsigned) { emu::yield(); }
 template <typename T>
 inline T __ldcg(const T* p) { return std::atomic_ref<T>(*const_cast<T*>(p)).load(); }
 
@@ -332,46 +372,87 @@ inline int check_config(const void* func, const cudaLaunchConfig_t* cfg) {
   return cs;
 }
 
+constexpr size_t kFiberStack = 256 * 1024;
+
+inline void fiber_entry() {
+  Scheduler* s = sched;
+  (*s->body)();
+  s->current->done = true;
+  s->progress = true;
+}  // returns to uc_link: the scheduler
+
+// Runs body on every fiber (ctxs[i] is fiber i's context) until all have returned.
+inline void run_fibers(std::vector<Fiber>& fibers, const std::vector<Ctx>& ctxs, std::function<void()>& body) {
+  Scheduler s;
+  s.body = &body;
+  Scheduler* outer = sched;
+  sched = &s;
+  for (auto& f : fibers) {
+    f.done = false;
+    getcontext(&f.uc);
+    f.uc.uc_stack.ss_sp = f.stack.get();
+    f.uc.uc_stack.ss_size = kFiberStack;
+    f.uc.uc_link = &s.main;
+    makecontext(&f.uc, fiber_entry, 0);
+  }
+  for (int idle = 0;;) {
+    bool left = false;
+    s.progress = false;
+    for (size_t i = 0; i < fibers.size(); ++i) {
+      if (fibers[i].done) continue;
+      left = true;
+      s.current = &fibers[i];
+      ctx = ctxs[i];
+      ::threadIdx = ctx.tid;
+      ::blockIdx = ctx.bid;
+      ::blockDim = ctx.bdim;
+      ::gridDim = ctx.gdim;
+      swapcontext(&s.main, &fibers[i].uc);
+    }
+    if (!left) break;
+    idle = s.progress ? 0 : idle + 1;
+    if (idle > 1000000) std::abort();  // every fiber waits on something that never comes: a deadlock
+  }
+  sched = outer;
+}
+
 // Runs the grid cluster after cluster (a cooperative grid: every block at once).
 template <typename Fn>
 void run_grid(const cudaLaunchConfig_t* cfg, int cs, Fn&& body) {
   const unsigned nthreads = cfg->blockDim.x, grid = cfg->gridDim.x;
   const unsigned together = is_cooperative(cfg) ? grid : unsigned(cs);  // blocks running at once
+  std::function<void()> fn(body);
+  std::vector<Fiber> fibers(size_t(nthreads) * together);
+  for (auto& f : fibers) f.stack.reset(new char[kFiberStack]);
+  std::vector<Ctx> ctxs(fibers.size());
   for (unsigned c0 = 0; c0 < grid; c0 += together) {
     std::vector<std::unique_ptr<Block>> blocks;
     std::vector<std::unique_ptr<Cluster>> clusters;
     for (unsigned r = 0; r < together; ++r) {
       if (r % unsigned(cs) == 0) {
         clusters.push_back(std::make_unique<Cluster>());
-        clusters.back()->bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads) * cs);
+        clusters.back()->bar = std::make_unique<Barrier>(std::ptrdiff_t(nthreads) * cs);
       }
       auto b = std::make_unique<Block>();
-      b->bar = std::make_unique<std::barrier<>>(std::ptrdiff_t(nthreads));
+      b->bar = std::make_unique<Barrier>(std::ptrdiff_t(nthreads));
       b->smem.assign(cfg->dynamicSmemBytes + 16, char(0xff));  // NaN floats
       b->warps = std::vector<Warp>(nthreads / 32);
-      for (auto& w : b->warps) w.bar = std::make_unique<std::barrier<>>(32);
+      for (auto& w : b->warps) w.bar = std::make_unique<Barrier>(32);
       clusters.back()->blocks.push_back(b.get());
       blocks.push_back(std::move(b));
     }
-    std::vector<std::thread> threads;
-    threads.reserve(size_t(nthreads) * together);
     for (unsigned r = 0; r < together; ++r)
-      for (unsigned t = 0; t < nthreads; ++t)
-        threads.emplace_back([&, r, t] {
-          ctx.tid = uint3{t, 0, 0};
-          ctx.bid = uint3{c0 + r, 0, 0};
-          ctx.bdim = cfg->blockDim;
-          ctx.gdim = cfg->gridDim;
-          ::threadIdx = ctx.tid;
-          ::blockIdx = ctx.bid;
-          ::blockDim = ctx.bdim;
-          ::gridDim = ctx.gdim;
-          ctx.block = blocks[r].get();
-          ctx.cluster = clusters[r / unsigned(cs)].get();
-          ctx.rank = int(r % unsigned(cs));
-          body();
-        });
-    for (auto& th : threads) th.join();
+      for (unsigned t = 0; t < nthreads; ++t) {
+        Ctx& c = ctxs[size_t(r) * nthreads + t];
+        c.tid = uint3{t, 0, 0};
+        c.bid = uint3{c0 + r, 0, 0};
+        c.bdim = cfg->blockDim;
+        c.gdim = cfg->gridDim;
+        c.block = blocks[r].get();
+        c.cluster = clusters[r / unsigned(cs)].get();
+        c.rank = int(r % unsigned(cs));
+      }
+    run_fibers(fibers, ctxs, fn);
   }
 }
 
@@ -399,6 +480,7 @@ inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*kern
     emu::last_error = -cs;
     return -cs;
   }
+  emu::last_launch_smem = (long long)cfg->dynamicSmemBytes;
   return [&](ExpTypes... coerced) {
     emu::run_grid(cfg, cs, [&] { kernel(coerced...); });
     return cudaSuccess;
