@@ -3,6 +3,7 @@ import torch
 
 from .. import _backend as be
 from .._checks import check_patch_pair, check_solver_args
+from ..reference import accumulation_dtype
 from ..reference.sinkhorn import OFFICIAL
 from .cost import flatten_pairs, patch_cost
 from .kernel_limits import cuda_emd_pairs_fits
@@ -70,11 +71,13 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     check_solver_args(eps, max_iter, tol, mode)
     check_patch_pair(x, y)
     validate_weighting(weighting, x, y, x_embedding, y_embedding, x_landmarks, y_landmarks, grid)
+    if x.dtype != y.dtype:  # mixed dtypes: both to float64 if either is, else float32
+        acc = accumulation_dtype(x, y)
+        x, y = x.to(acc), y.to(acc)
     impl = be.resolve_impl(impl, x.device)
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     n, m = x.shape[-2], y.shape[-2]
-    if not grad and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, x.dtype, n, m, x.device) \
-            and y.dtype == x.dtype:
+    if not grad and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, x.dtype, n, m, x.device):
         xf, yf, rep, batch = flatten_pairs(x, y)
         if impl == "cpu":
             xf, yf = xf.float(), yf.float()

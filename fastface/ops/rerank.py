@@ -7,7 +7,7 @@ import torch
 from .. import _backend as be
 from .._checks import (check_all_finite, check_number, check_same_device, check_solver_args,
                        check_tensor)
-from ..reference import unit_rows
+from ..reference import accumulation_dtype, unit_rows
 from .cost import patch_cost
 from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, sinkhorn
@@ -102,13 +102,14 @@ def stage1_topk(q, g, k, exclude_self=False, chunk=65536):
 
     Works in chunks of the gallery: memory is O(B * (chunk + k)) whatever the gallery size.
     """
-    qn = unit_rows(q)
+    acc = accumulation_dtype(q, g)
+    qn = unit_rows(q, acc)
     B = q.shape[0]
     best_s = torch.empty(B, 0, dtype=qn.dtype, device=q.device)
     best_i = torch.empty(B, 0, dtype=torch.int64, device=q.device)
     rows = torch.arange(B, device=q.device)
     for start in range(0, g.shape[0], chunk):
-        gn = unit_rows(g[start:start + chunk].to(q.device))
+        gn = unit_rows(g[start:start + chunk].to(q.device), acc)
         sim = qn @ gn.T                                        # (B, chunk)
         if exclude_self:
             own = rows - start
@@ -170,7 +171,8 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         m = g.patches.shape[1]
         xq = q.patches
         mode_eff = "official" if official else mode
-        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, xq.dtype, n, m, q.device):
+        acc = accumulation_dtype(xq, g.patches)   # float64 if either is: no fused kernel
+        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, acc, n, m, q.device):
             dt = torch.float32 if impl == "cpu" else (xq.dtype if xq.dtype == g.patches.dtype else torch.float32)
             xq = xq.to(dt).contiguous()
             gp = g.patches
