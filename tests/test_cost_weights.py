@@ -192,3 +192,74 @@ def test_huge_and_tiny_patch_magnitudes_normalise_correctly(gen, impl_device, sc
                      rtol=0, atol=2e-5)
     wx, wy = patch_weights_ref(x * scale, y)[:2]
     assert_close(wx, patch_weights_ref(x.double(), y.double())[0].float(), rtol=1e-5, atol=1e-6)
+
+
+PRECISION_SETTINGS = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
+
+
+def _precisions():
+    out = {}
+    for path in PRECISION_SETTINGS:
+        obj = torch.backends
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        out[path] = obj.fp32_precision
+    return out
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
+                    reason="torch without the fp32_precision API")
+def test_twins_run_in_full_fp32_whatever_the_global_flags(gen, monkeypatch):
+    # TF32 (CUDA) / bf16 (oneDNN on CPUs with bf16) matmuls under set_float32_matmul_precision
+    # changed the twins' results by ~1e-4 before exp(-C/eps); the twins turn them off and restore them.
+    from fastface.reference import generator_ref, sinkhorn_ref
+    from fastface.reference.generator import FusedLayer
+    x = torch.randn(3, 16, 256, generator=gen)
+    y = torch.randn(3, 20, 256, generator=gen)
+    z = torch.randn(2, 64, 3, 3, generator=gen)
+    layer = FusedLayer(torch.randn(64, 32, 4, 4, generator=gen), None, (2, 2), (1, 1), (0, 0), (1, 1), "relu")
+
+    def run():
+        cost = patch_cost_ref(x, y)
+        w = patch_weights_ref(x, y, "sc")[:2]
+        s = sinkhorn_ref(cost, *w, eps=0.05, return_plan=True)
+        return [cost, *w, s["distance"], s["plan"], generator_ref(z, [layer]),
+                ff.stage1_topk(x[:, 0], y[:, 0], 2)[0]]
+
+    seen = []   # the flags while a twin computes (unit_rows calls vector_norm)
+    real = torch.linalg.vector_norm
+    monkeypatch.setattr(torch.linalg, "vector_norm", lambda *a, **k: seen.append(_precisions()) or real(*a, **k))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        want = run()
+        for setting in ("high", "medium"):
+            torch.set_float32_matmul_precision(setting)
+            flags = _precisions()
+            got = run()
+            assert _precisions() == flags          # restored after each twin
+            assert seen and all(set(f.values()) == {"ieee"} for f in seen)
+            seen.clear()
+            for g, w in zip(got, want):
+                assert torch.equal(g, w)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_full_fp32_sets_ieee_inside_and_restores():
+    from fastface.reference import full_fp32
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch without the fp32_precision API")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        outside = _precisions()
+        with full_fp32():
+            assert set(_precisions().values()) == {"ieee"}
+        assert _precisions() == outside
+        with pytest.raises(KeyError):
+            with full_fp32():
+                raise KeyError("boom")
+        assert _precisions() == outside
+    finally:
+        torch.set_float32_matmul_precision(before)

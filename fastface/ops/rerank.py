@@ -7,7 +7,7 @@ import torch
 from .. import _backend as be
 from .._checks import (check_all_finite, check_number, check_same_device, check_solver_args,
                        check_tensor)
-from ..reference import accumulation_dtype, unit_rows
+from ..reference import accumulation_dtype, in_full_fp32, unit_rows
 from .cost import patch_cost
 from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, sinkhorn
@@ -97,6 +97,7 @@ class RerankResult:
     n_fallback: int = 0                   # pairs whose weights fell back to uniform
 
 
+@in_full_fp32  # cosines for ranking: no TF32 / bf16 matmul
 def stage1_topk(q, g, k, exclude_self=False, chunk=65536):
     """Return (cosine (B, k), indices (B, k)) of the k most similar gallery rows, best first.
 

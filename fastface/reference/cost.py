@@ -1,6 +1,8 @@
 """Patch cosine cost, pure PyTorch."""
 import torch
 
+from .precision import in_full_fp32
+
 # Norms below this count as zero: such a patch is orthogonal to everything (cost 1, weight 0).
 NORM_FLOOR = 1e-12
 
@@ -24,6 +26,7 @@ def unit_rows(x: torch.Tensor, dtype=None) -> torch.Tensor:
     return scaled / torch.maximum(norm, NORM_FLOOR / scale)
 
 
+@in_full_fp32
 def patch_cost_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Return 1 - cos between patches: x (..., n, C), y (..., m, C) -> (..., n, m), float32/64."""
     acc = accumulation_dtype(x, y)

@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .precision import in_full_fp32
+
 # Epilogue activations, in the order of the kernels' codes (csrc/common/problem.h, Activation).
 ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh", "sigmoid")
 
@@ -68,6 +70,7 @@ def activate_ref(h, activation, slope=0.01):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+@in_full_fp32
 def generator_ref(x, layers, *, normalize_input=False):
     """Return the chain's output (B, C', H', W') for x (B, C, H, W), computed in float32.
 

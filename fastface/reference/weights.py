@@ -4,6 +4,7 @@ import math
 import torch
 
 from .cost import accumulation_dtype, unit_rows
+from .precision import in_full_fp32
 
 WEIGHTINGS = ("uniform", "apc", "sc", "cc", "lmk")
 
@@ -35,6 +36,7 @@ def square_grid(n: int):
     return side, side
 
 
+@in_full_fp32
 def patch_weights_ref(x, y, method="apc", *, x_embedding=None, y_embedding=None,
                       x_landmarks=None, y_landmarks=None, grid=None, official=False):
     """Return (wx (..., n), wy (..., m), fell_back (...,) bool) for patches x (..., n, C), y (..., m, C).
