@@ -9,7 +9,7 @@ from .._checks import (check_all_finite, check_number, check_same_device, check_
                        check_tensor)
 from ..reference import accumulation_dtype, in_full_fp32, unit_rows
 from .cost import patch_cost
-from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
+from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, sinkhorn
 from .weights import patch_weights, validate_weighting
 
@@ -178,11 +178,11 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
             xq = xq.to(dt).contiguous()
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
-                out = emd_pairs(xq, gp, idx, weighting, None, None, eps, max_iter, tol, MODES[mode],
+                out = emd_pairs(xq, gp, idx, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             else:  # gather only the candidates, then convert
                 cand = gp.index_select(0, idx.reshape(-1)).to(dt).contiguous()
-                out = emd_pairs(xq, cand, None, weighting, None, None, eps, max_iter, tol, MODES[mode],
+                out = emd_pairs(xq, cand, None, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             emd_v, flows = out["emd"].reshape(B, k), out["flows"]
             n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)

@@ -10,6 +10,8 @@ Kernels
   _emd_pairs_kernel    grid (B*k,): one pair per program: cosine tile, weights, Sinkhorn, EMD.
 The Sinkhorn iteration itself is the shared @triton.jit helper ``_sinkhorn_tile``.
 """
+import contextlib
+
 import torch
 
 try:
@@ -25,7 +27,7 @@ from ..reference.cost import NORM_FLOOR
 from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, LOG_DOMAIN_THRESHOLD
 
 MAX_SINKHORN_SIZE = 128  # n, m limit of the register-tile Sinkhorn kernels
-WEIGHTING_CODES = {"uniform": 0, "apc": 1, "sc": 2, "external": 3}
+WEIGHTING_CODES = {"uniform": 0, "apc": 1, "sc": 2}
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -279,13 +281,13 @@ if AVAILABLE:
         return tl.where(mask, w, 0.0), empty
 
     @triton.jit
-    def _emd_pairs_kernel(x_ptr, y_ptr, wx_ptr, wy_ptr, k, n, m, C, eps, max_iter, tol, mode,
+    def _emd_pairs_kernel(x_ptr, y_ptr, k, n, m, C, eps, max_iter, tol, mode,
                           emd_ptr, flow_ptr, iter_ptr, conv_ptr, fb_ptr,
                           WEIGHTING: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
                           BC: tl.constexpr, RETURN_FLOWS: tl.constexpr):
         """x (B, n, C), y (B*k, m, C) -> per pair p (query p // k): cost, weights, Sinkhorn, EMD.
 
-        WEIGHTING: 0 uniform, 1 apc, 2 sc, 3 external (wx (B*k, n), wy (B*k, m) already normalised).
+        WEIGHTING: 0 uniform, 1 apc, 2 sc.
         """
         p = tl.program_id(0).to(tl.int64)
         offs_i = tl.arange(0, BN)
@@ -304,9 +306,6 @@ if AVAILABLE:
         if WEIGHTING == 0:
             a = tl.where(mask_i, 1.0 / n, 0.0)
             b = tl.where(mask_j, 1.0 / m, 0.0)
-        elif WEIGHTING == 3:
-            a = tl.load(wx_ptr + p * n + offs_i, mask=mask_i, other=0.0)
-            b = tl.load(wy_ptr + p * m + offs_j, mask=mask_j, other=0.0)
         else:
             if WEIGHTING == 1:
                 # APC: cosine of each unit row with the unit mean of the other image's raw rows.
@@ -341,6 +340,12 @@ def _require():
         raise RuntimeError("fastface triton kernels need the 'triton' package")
 
 
+def _on_device_of(t):
+    """Make t's GPU the current device for a launch: Triton launches on the current device's
+    current stream, so the caller's stream on t's device is used (a no-op for CPU tensors)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _check_mode(mode):
     mode = int(mode)
     if mode == OFFICIAL:
@@ -373,7 +378,8 @@ def patch_cost_triton(x, y, rep):
         return out.fill_(1.0)
     BN, BM, BC = _tile(n, hi=64), _tile(m, hi=64), _tile(C, hi=32)
     grid = (P, triton.cdiv(n, BN), triton.cdiv(m, BM))
-    _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=8)
+    with _on_device_of(y):
+        _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=8)
     return out
 
 
@@ -401,18 +407,19 @@ def sinkhorn_triton(cost, a, b, eps, max_iter, tol, mode, return_plan):
     conv = torch.empty(P, dtype=torch.uint8, device=dev)
     if P and n and m:
         BN, BM = _tile(n, lo=2), _tile(m, lo=2)
-        _sinkhorn_kernel[(P,)](cost, a, b, n, m, float(eps), int(max_iter), float(tol), mode,
-                               distance, plan if return_plan else distance, f, g, n_iter, conv,
-                               BN=BN, BM=BM, RETURN_PLAN=bool(return_plan),
-                               num_warps=_sinkhorn_warps(BN, BM))
+        with _on_device_of(cost):
+            _sinkhorn_kernel[(P,)](cost, a, b, n, m, float(eps), int(max_iter), float(tol), mode,
+                                   distance, plan if return_plan else distance, f, g, n_iter, conv,
+                                   BN=BN, BM=BM, RETURN_PLAN=bool(return_plan),
+                                   num_warps=_sinkhorn_warps(BN, BM))
     return dict(distance=distance, plan=plan, f=f, g=g, n_iter=n_iter, converged=conv.bool())
 
 
-def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows, wx=None, wy=None):
+def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows):
     """Fused re-rank EMD: x (B, n, C) queries, y (B*k, m, C) gathered candidates (row b*k + j).
 
-    Per pair: cost = 1 - cos (in registers), weights per `weighting` ("uniform", "apc", "sc",
-    "external" with wx (B*k, n), wy (B*k, m)), Sinkhorn as sinkhorn_triton, emd = <plan, cost>.
+    Per pair: cost = 1 - cos (in registers), weights per `weighting` ("uniform", "apc", "sc"),
+    Sinkhorn as sinkhorn_triton, emd = <plan, cost>.
     Returns dict(emd (B*k,), flows (B*k, n, m) | None, n_iter, converged, fallback (B*k,) bool).
     """
     _require()
@@ -435,20 +442,14 @@ def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows,
     n_iter = torch.empty(P, dtype=torch.int32, device=dev)
     conv = torch.empty(P, dtype=torch.uint8, device=dev)
     fallback = torch.empty(P, dtype=torch.uint8, device=dev)
-    if code == WEIGHTING_CODES["external"]:
-        if wx is None or wy is None:
-            raise ValueError("weighting='external' needs wx and wy")
-        wx = wx.to(device=dev, dtype=torch.float32).reshape(P, n).contiguous()
-        wy = wy.to(device=dev, dtype=torch.float32).reshape(P, m).contiguous()
-    else:
-        wx = wy = emd  # unused pointers
     if P and n and m:
         BN, BM = _tile(n), _tile(m)
         BC = _tile(C, hi=32) if C else 16
-        _emd_pairs_kernel[(P,)](x, y, wx, wy, k, n, m, C, float(eps), int(max_iter), float(tol), mode,
-                                emd, flows if return_flows else emd, n_iter, conv, fallback,
-                                WEIGHTING=code, BN=BN, BM=BM, BC=BC, RETURN_FLOWS=bool(return_flows),
-                                num_warps=_sinkhorn_warps(BN, BM))
+        with _on_device_of(x):
+            _emd_pairs_kernel[(P,)](x, y, k, n, m, C, float(eps), int(max_iter), float(tol),
+                                    mode, emd, flows if return_flows else emd, n_iter, conv, fallback,
+                                    WEIGHTING=code, BN=BN, BM=BM, BC=BC,
+                                    RETURN_FLOWS=bool(return_flows), num_warps=_sinkhorn_warps(BN, BM))
     return dict(emd=emd, flows=flows, n_iter=n_iter, converged=conv.bool(), fallback=fallback.bool())
 
 
