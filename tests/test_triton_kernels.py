@@ -210,6 +210,8 @@ def test_sinkhorn_rejects_unsupported():
         tk.emd_pairs_triton(x, torch.randn(1, 130, 8, device=DEV), 1, "uniform", 0.05, 10, 1e-6, 0, False)
     with pytest.raises(ValueError):
         tk.emd_pairs_triton(x, x, 1, "uniform", 0.05, 10, 1e-6, 3, False)
+    with pytest.raises(ValueError, match="weighting must be one of"):  # no unreachable 'external'
+        tk.emd_pairs_triton(x, x, 1, "external", 0.05, 10, 1e-6, 0, False)
 
 
 # ------------------------------------------------------------------------------------------------
