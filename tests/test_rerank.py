@@ -179,9 +179,14 @@ def test_faces_lay_maps_out_once_and_are_not_revalidated(gen, monkeypatch):
     seen = []
     real = torch.isfinite
     monkeypatch.setattr(torch, "isfinite", lambda t: seen.append(t.numel()) or real(t))
-    ff.emd_rerank(query, gallery, k=4, impl="cpu")
+    res = ff.emd_rerank(query, gallery, k=4, impl="cpu")
     # a pre-validated Faces is trusted: nothing of the gallery's size is checked per call
     assert all(size < gallery.patches.numel() for size in seen)
+    # a one-off tuple is not laid out (no copy of the whole set) and gives the same result
+    assert not ff.Faces(emb, maps, lay_out=False).patches.is_contiguous()
+    one_off = ff.emd_rerank((emb[:2], maps[:2]), (emb, maps), k=4, impl="cpu")
+    assert torch.equal(one_off.indices, res.indices)
+    assert_close(one_off.emd, res.emd)
 
 
 def test_finite_check_works_in_chunks(monkeypatch):

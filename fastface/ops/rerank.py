@@ -21,10 +21,11 @@ class Faces:
     be given as embeddings (D,) with patches (C, H, W) or (N, C). landmarks (n, L, 2) in patch-grid
     units (for weighting='lmk') are optional. Construction validates everything once (shapes,
     devices, NaN/inf) and lays the patches out once (a copy unless already contiguous (n, N, C));
-    emd_rerank then trusts a Faces and checks nothing per call but shapes.
+    emd_rerank then trusts a Faces and checks nothing per call but shapes. lay_out=False keeps
+    a view (what emd_rerank does with a one-off tuple: it gathers only the k candidates per query).
     """
 
-    def __init__(self, embeddings, patches, landmarks=None, grid=None):
+    def __init__(self, embeddings, patches, landmarks=None, grid=None, *, lay_out=True):
         check_tensor("embeddings", embeddings, ndim=(1, 2), finite=False)
         check_tensor("patches", patches, ndim=(2, 3, 4), finite=False)
         self.single = embeddings.dim() == 1
@@ -56,11 +57,12 @@ class Faces:
             if landmarks.shape[0] != embeddings.shape[0] or landmarks.shape[-1] != 2:
                 raise ValueError(f"landmarks must be ({embeddings.shape[0]}, L, 2), got {tuple(landmarks.shape)}")
             check_same_device(embeddings=embeddings, landmarks=landmarks)
-        patches = patches.contiguous()           # laid out once: the kernels gather rows
+        if lay_out:  # once per Faces: the kernels then gather candidate rows in place
+            patches = patches.contiguous()
         check_all_finite("embeddings", embeddings)
         check_all_finite("patches", patches)
         self.embeddings = embeddings             # (n, D)
-        self.patches = patches                   # (n, N, C), contiguous
+        self.patches = patches                   # (n, N, C), contiguous unless lay_out=False
         self.landmarks = landmarks               # (n, L, 2) or None
         self.grid = grid
 
@@ -77,7 +79,8 @@ def as_faces(name, value):
         return value
     if isinstance(value, (tuple, list)) and len(value) in (2, 3):
         try:
-            return Faces(*value)
+            # one call: no copy of the whole set; the candidates are gathered per query
+            return Faces(*value, lay_out=False)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
     raise TypeError(f"{name} must be a Faces or an (embeddings, patches) tuple, got {type(value).__name__}")
