@@ -4,12 +4,12 @@ import torch
 
 from .. import _backend as be
 from .._checks import check_patch_pair, check_solver_args
-from ..reference import accumulation_dtype
+from ..reference import accumulation_dtype, patch_weights_ref
 from ..reference.sinkhorn import OFFICIAL
 from .cost import flatten_pairs, patch_cost
 from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, SinkhornResult, sinkhorn
-from .weights import patch_weights, validate_weighting
+from .weights import validate_weighting
 
 def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto", impl="auto",
         x_embedding=None, y_embedding=None, x_landmarks=None, y_landmarks=None, grid=None,
@@ -38,10 +38,11 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
         return SinkhornResult(distance=out["emd"].reshape(batch),
                               plan=out["flows"].reshape(*batch, n, m),
                               n_iter=out["n_iter"].reshape(batch), converged=out["converged"].reshape(batch))
-    cost = patch_cost(x, y, impl=impl)
-    wx, wy = patch_weights(x, y, weighting, x_embedding=x_embedding, y_embedding=y_embedding,
-                           x_landmarks=x_landmarks, y_landmarks=y_landmarks, grid=grid,
-                           official=MODES[mode] == OFFICIAL)
+    # validated above: no second pass over the inputs
+    cost = patch_cost(x, y, impl=impl, check_finite=False)
+    wx, wy, _ = patch_weights_ref(x, y, weighting, x_embedding=x_embedding, y_embedding=y_embedding,
+                                  x_landmarks=x_landmarks, y_landmarks=y_landmarks, grid=grid,
+                                  official=MODES[mode] == OFFICIAL)
     res = sinkhorn(cost, wx.to(cost.dtype), wy.to(cost.dtype), eps=eps, max_iter=max_iter, tol=tol,
                    mode=mode, return_plan=return_plan, impl=impl)
     return res if return_plan else res.distance

@@ -7,11 +7,11 @@ import torch
 from .. import _backend as be
 from .._checks import (check_all_finite, check_number, check_same_device, check_solver_args,
                        check_tensor)
-from ..reference import accumulation_dtype, in_full_fp32, unit_rows
+from ..reference import accumulation_dtype, in_full_fp32, patch_weights_ref, unit_rows
 from .cost import patch_cost
 from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, sinkhorn
-from .weights import patch_weights, validate_weighting
+from .weights import validate_weighting
 
 
 class Faces:
@@ -193,14 +193,14 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         else:
             cand = g.patches.index_select(0, idx.reshape(-1)).reshape(B, k, m, C)
             xb = xq.unsqueeze(1)                                                 # (B, 1, n, C)
-            cost = patch_cost(xb, cand, impl=impl)                               # (B, k, n, m)
+            cost = patch_cost(xb, cand, impl=impl, check_finite=False)          # (B, k, n, m)
             ex = q.embeddings.unsqueeze(1)
             ey = g.embeddings.index_select(0, idx.reshape(-1)).reshape(B, k, -1)
             lx = None if q.landmarks is None else q.landmarks.unsqueeze(1)
             ly = None if g.landmarks is None else g.landmarks.index_select(0, idx.reshape(-1)).reshape(B, k, -1, 2)
-            wx, wy, fell = patch_weights(xb, cand, weighting, x_embedding=ex, y_embedding=ey,
-                                         x_landmarks=lx, y_landmarks=ly, grid=q.grid,
-                                         return_fallback=True, official=official)
+            wx, wy, fell = patch_weights_ref(xb, cand, weighting, x_embedding=ex, y_embedding=ey,
+                                             x_landmarks=lx, y_landmarks=ly, grid=q.grid,
+                                             official=official)
             res = sinkhorn(cost, wx.to(cost.dtype), wy.to(cost.dtype), eps=eps, max_iter=max_iter,
                            tol=0.1 if official else tol, mode=mode_eff, return_plan=return_flows,
                            impl=impl, official_group=k)
