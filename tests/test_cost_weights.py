@@ -150,12 +150,14 @@ def test_mixed_dtypes_promote_the_same_on_every_impl(gen, impl_device, d1, d2):
     assert wx.dtype == wy.dtype == want
     emb_x, emb_y = x.mean(-2).to(d2), y.mean(-2).to(d1)
     wc = ff.patch_weights(x, y, "cc", x_embedding=emb_x, y_embedding=emb_y)
-    assert_close(wc[0], ff.patch_weights(xr, yr, "cc", x_embedding=emb_x.to(want), y_embedding=emb_y.to(want))[0])
+    wr = ff.patch_weights(xr, yr, "cc", x_embedding=emb_x.to(want), y_embedding=emb_y.to(want))
+    assert_close(wc[0], wr[0])
 
     a = torch.rand(2, 5, generator=gen).to(d2) + 0.1
     res = ff.sinkhorn(cost.to(d1), a.to(device), impl=impl)
     assert res.distance.dtype == want
-    assert_close(res.distance.cpu(), ff.sinkhorn(cost.cpu().to(d1).to(want), a.to(want), impl="torch").distance, **tol)
+    twin = ff.sinkhorn(cost.cpu().to(d1).to(want), a.to(want), impl="torch")
+    assert_close(res.distance.cpu(), twin.distance, **tol)
 
     for weighting in ("apc", "uniform"):
         got = ff.emd(x.to(device), y.to(device), weighting=weighting, impl=impl)
@@ -164,9 +166,9 @@ def test_mixed_dtypes_promote_the_same_on_every_impl(gen, impl_device, d1, d2):
 
     emb = torch.randn(6, 6, generator=gen)
     gallery = torch.randn(6, 7, 6, generator=gen)
-    got = ff.emd_rerank((emb[:2].to(d1).to(device), x.to(device)), (emb.to(d2).to(device), gallery.to(d2).to(device)),
-                        k=3, impl=impl)
-    ref = ff.emd_rerank((emb[:2].to(d1).to(want), xr), (emb.to(d2).to(want), gallery.to(d2).to(want)), k=3, impl="torch")
+    query, gal = (emb[:2].to(d1), x), (emb.to(d2), gallery.to(d2))
+    got = ff.emd_rerank(tuple(t.to(device) for t in query), tuple(t.to(device) for t in gal), k=3, impl=impl)
+    ref = ff.emd_rerank(tuple(t.to(want) for t in query), tuple(t.to(want) for t in gal), k=3, impl="torch")
     assert got.distance.dtype == want
     assert torch.equal(got.indices.cpu(), ref.indices)
     assert_close(got.emd.cpu(), ref.emd, **tol)
