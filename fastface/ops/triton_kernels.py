@@ -53,8 +53,10 @@ if AVAILABLE:
 
     @triton.jit
     def _pow2_scale(amax):
-        """A power of two near amax (1 for zero rows): dividing by it keeps squares finite."""
-        return tl.where(amax > 0, tl.exp2(tl.floor(tl.log2(tl.where(amax > 0, amax, 1.0)))), 1.0)
+        """A power of two near amax (1 for zero rows): dividing by it keeps squares finite.
+        At least 2^-126: a subnormal scale would flush to zero on GPUs."""
+        e = tl.maximum(tl.floor(tl.log2(tl.where(amax > 0, amax, 1.0))), -126.0)
+        return tl.where(amax > 0, tl.exp2(e), 1.0)
 
     @triton.jit
     def _cos_accumulate(x_ptr, y_ptr, offs_i, offs_j, n, m, C,
