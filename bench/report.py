@@ -3,6 +3,7 @@
   python bench/report.py            # CPU: one query, k = 100, 8x8x512, eps = 0.05
   python bench/report.py --gpu      # GPU: LFW-scale stage 2 (13,233 queries x k = 100) + latency
   python bench/report.py [--gpu] --generator   # FusedGenerator vs eager vs torch.compile
+  python bench/report.py --faces    # Faces from (n, C, H, W) maps vs contiguous, 10,000 faces
 Medians of repeated, warmed-up, synchronised calls. Append the output to bench/RESULTS.md.
 """
 import argparse
@@ -88,6 +89,30 @@ def cpu_report():
         mc = peak_rss_mb(lambda: ff.emd_rerank(qb, gallery, k=k, impl="cpu"))
         mt = peak_rss_mb(lambda: ff.emd_rerank(qb, gallery, k=k, impl="torch"))
         print(f"| {B} x {k} | {mc:.1f} | {mt:.1f} |")
+
+
+def faces_report(G=10_000, B=8, k=100, H=8, W=8):
+    """The path users take: Faces built from (n, C, H, W) maps vs contiguous (n, N, C) patches."""
+    emb, patches = face_like(G, n=H * W)
+    maps = patches.transpose(1, 2).reshape(G, -1, H, W).contiguous()
+    qe, qp = queries_from(emb, patches, B)
+    queries = ff.Faces(qe, qp)
+    t_build = timed(lambda: ff.Faces(emb, maps), repeat=3, warmup=1)
+    from_maps, contiguous = ff.Faces(emb, maps), ff.Faces(emb, patches)
+    view = ff.Faces(emb, patches)
+    view.patches = maps.flatten(2).transpose(1, 2)        # the old layout: a transposed view
+    rows = [(name, timed(lambda g=g: ff.emd_rerank(queries, g, k=k, impl="cpu"), repeat=7))
+            for name, g in (("contiguous (n, N, C) tensors", contiguous),
+                            ("Faces from (n, C, H, W) maps", from_maps),
+                            ("before: maps kept as a transposed view", view))]
+    base = rows[0][1]
+    print(f"### Faces layout, CPU: {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads\n")
+    print(f"{B} queries, gallery {G:,}, k = {k}, {H}x{W} patches, C = {patches.shape[-1]}, APC, impl='cpu'.\n")
+    print("| gallery | emd_rerank median | vs contiguous |\n|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t * 1e3:.1f} ms | {t / base:.2f}x |")
+    print(f"\nBuilding the Faces from maps (one contiguous copy + one finite check): {t_build * 1e3:.0f} ms.\n")
 
 
 def gpu_report(impls):
@@ -214,8 +239,11 @@ if __name__ == "__main__":
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--generator", action="store_true", help="only the FusedGenerator section")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in --generator")
+    ap.add_argument("--faces", action="store_true", help="only the Faces-layout section")
     args = ap.parse_args()
-    if args.generator:
+    if args.faces:
+        faces_report()
+    elif args.generator:
         generator_report("cuda" if args.gpu else "cpu",
                          (1, 8, 64, 4096) if args.gpu else (1, 8, 64, 512), not args.no_compile)
     elif args.gpu:

@@ -108,7 +108,8 @@ def check_weights(name, w, shape, normalise=True):
 
 def float_dtype_of(*tensors):
     """Return float64 if any input is float64, else float32 (the accumulation type)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    from .reference.cost import accumulation_dtype
+    return accumulation_dtype(*tensors)
 
 
 def check_patch_pair(x, y, *, finite=True, empty_sets=False):

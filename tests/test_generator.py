@@ -331,3 +331,25 @@ def test_cuda_large_batch_and_stream(gen):
         got = fg(z.cuda(), impl="cuda")
     s.synchronize()
     assert_rel_close(got, eager64(module, z[:, :, None, None]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_modules_compile_and_verify_in_float64(gen, dtype):
+    # The probe used to compare the module's own half-precision forward with the float32 plan at
+    # 1e-3 and rejected every fp16 / bf16 module; it now verifies both in float64.
+    for module, z in ((randomize_(Chained(), gen), torch.randn(3, 6, generator=gen)),
+                      (dcgan(nz=8, ngf=4, nc=3), torch.randn(2, 8, 1, 1, generator=gen))):
+        module = randomize_(module, gen).to(dtype)
+        fg = ff.FusedGenerator.from_module(module, verify=True)
+        assert_rel_close(fg(z), eager64(module, z), rtol=1e-4)
+        assert fg(z.to(dtype)).dtype == dtype
+    with pytest.raises(ValueError, match="does not follow its children"):
+        ff.FusedGenerator.from_module(randomize_(Chained(functional_relu=True), gen).to(dtype))
+
+
+def test_chain_longer_than_the_kernels_limit_is_rejected_at_compile_time():
+    layers = [nn.ConvTranspose2d(2, 2, 1) for _ in range(65)]
+    with pytest.raises(ValueError, match="at most 64 ConvTranspose2d layers.*65"):
+        ff.FusedGenerator.from_module(nn.Sequential(*layers))
+    fg = ff.FusedGenerator.from_module(nn.Sequential(*layers[:64]).eval())
+    assert fg(torch.randn(2, 2, 3, 3), impl="cpu").shape == (2, 2, 3, 3)

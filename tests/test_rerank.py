@@ -166,3 +166,37 @@ def test_flows_are_plans_of_the_ranked_pairs(gen):
     assert_close(res.flows.sum((-1, -2)), torch.ones(1, 4), atol=1e-4, rtol=0)
     cost = patch_cost_ref(q[1].flatten(2).transpose(1, 2), patches[res.indices[0]].flatten(2).transpose(1, 2))
     assert_close((res.flows[0] * cost).sum((-1, -2)), res.emd[0], rtol=1e-4, atol=1e-6)
+
+
+def test_faces_lay_maps_out_once_and_are_not_revalidated(gen, monkeypatch):
+    maps = torch.randn(30, 6, 3, 4, generator=gen)                  # (n, C, H, W)
+    emb = torch.randn(30, 5, generator=gen)
+    gallery = ff.Faces(emb, maps)
+    assert gallery.patches.is_contiguous() and gallery.patches.shape == (30, 12, 6)
+    assert torch.equal(gallery.patches, maps.flatten(2).transpose(1, 2))
+    assert gallery.grid == (3, 4)
+    query = ff.Faces(emb[:2], maps[:2])
+    seen = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: seen.append(t.numel()) or real(t))
+    res = ff.emd_rerank(query, gallery, k=4, impl="cpu")
+    # a pre-validated Faces is trusted: nothing of the gallery's size is checked per call
+    assert all(size < gallery.patches.numel() for size in seen)
+    # a one-off tuple is not laid out (no copy of the whole set) and gives the same result
+    assert not ff.Faces(emb, maps, lay_out=False).patches.is_contiguous()
+    one_off = ff.emd_rerank((emb[:2], maps[:2]), (emb, maps), k=4, impl="cpu")
+    assert torch.equal(one_off.indices, res.indices)
+    assert_close(one_off.emd, res.emd)
+
+
+def test_finite_check_works_in_chunks(monkeypatch):
+    from fastface._checks import check_all_finite
+    t = torch.zeros(64, 10, 8).transpose(1, 2)                          # non-contiguous
+    seen = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: seen.append(x.numel()) or real(x))
+    check_all_finite("patches", t, chunk_elements=200)
+    assert max(seen) <= 200 and sum(seen) == t.numel()
+    t[40, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="patches contains NaN or inf"):
+        check_all_finite("patches", t, chunk_elements=200)

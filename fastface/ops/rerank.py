@@ -7,11 +7,11 @@ import torch
 from .. import _backend as be
 from .._checks import (check_all_finite, check_number, check_same_device, check_solver_args,
                        check_tensor)
-from ..reference import unit_rows
+from ..reference import accumulation_dtype, in_full_fp32, patch_weights_ref, unit_rows
 from .cost import patch_cost
-from .emd import FUSED_WEIGHTINGS, emd_pairs, fused_ok
+from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, sinkhorn
-from .weights import patch_weights, validate_weighting
+from .weights import validate_weighting
 
 
 class Faces:
@@ -21,10 +21,11 @@ class Faces:
     be given as embeddings (D,) with patches (C, H, W) or (N, C). landmarks (n, L, 2) in patch-grid
     units (for weighting='lmk') are optional. Construction validates everything once (shapes,
     devices, NaN/inf) and lays the patches out once (a copy unless already contiguous (n, N, C));
-    emd_rerank then trusts a Faces and checks nothing per call but shapes.
+    emd_rerank then trusts a Faces and checks nothing per call but shapes. lay_out=False keeps
+    a view (what emd_rerank does with a one-off tuple: it gathers only the k candidates per query).
     """
 
-    def __init__(self, embeddings, patches, landmarks=None, grid=None):
+    def __init__(self, embeddings, patches, landmarks=None, grid=None, *, lay_out=True):
         check_tensor("embeddings", embeddings, ndim=(1, 2), finite=False)
         check_tensor("patches", patches, ndim=(2, 3, 4), finite=False)
         self.single = embeddings.dim() == 1
@@ -56,11 +57,12 @@ class Faces:
             if landmarks.shape[0] != embeddings.shape[0] or landmarks.shape[-1] != 2:
                 raise ValueError(f"landmarks must be ({embeddings.shape[0]}, L, 2), got {tuple(landmarks.shape)}")
             check_same_device(embeddings=embeddings, landmarks=landmarks)
-        patches = patches.contiguous()           # laid out once: the kernels gather rows
+        if lay_out:  # once per Faces: the kernels then gather candidate rows in place
+            patches = patches.contiguous()
         check_all_finite("embeddings", embeddings)
         check_all_finite("patches", patches)
         self.embeddings = embeddings             # (n, D)
-        self.patches = patches                   # (n, N, C), contiguous
+        self.patches = patches                   # (n, N, C), contiguous unless lay_out=False
         self.landmarks = landmarks               # (n, L, 2) or None
         self.grid = grid
 
@@ -77,7 +79,8 @@ def as_faces(name, value):
         return value
     if isinstance(value, (tuple, list)) and len(value) in (2, 3):
         try:
-            return Faces(*value)
+            # one call: no copy of the whole set; the candidates are gathered per query
+            return Faces(*value, lay_out=False)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
     raise TypeError(f"{name} must be a Faces or an (embeddings, patches) tuple, got {type(value).__name__}")
@@ -97,18 +100,20 @@ class RerankResult:
     n_fallback: int = 0                   # pairs whose weights fell back to uniform
 
 
+@in_full_fp32  # cosines for ranking: no TF32 / bf16 matmul
 def stage1_topk(q, g, k, exclude_self=False, chunk=65536):
     """Return (cosine (B, k), indices (B, k)) of the k most similar gallery rows, best first.
 
     Works in chunks of the gallery: memory is O(B * (chunk + k)) whatever the gallery size.
     """
-    qn = unit_rows(q)
+    acc = accumulation_dtype(q, g)
+    qn = unit_rows(q, acc)
     B = q.shape[0]
     best_s = torch.empty(B, 0, dtype=qn.dtype, device=q.device)
     best_i = torch.empty(B, 0, dtype=torch.int64, device=q.device)
     rows = torch.arange(B, device=q.device)
     for start in range(0, g.shape[0], chunk):
-        gn = unit_rows(g[start:start + chunk].to(q.device))
+        gn = unit_rows(g[start:start + chunk].to(q.device), acc)
         sim = qn @ gn.T                                        # (B, chunk)
         if exclude_self:
             own = rows - start
@@ -170,16 +175,17 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         m = g.patches.shape[1]
         xq = q.patches
         mode_eff = "official" if official else mode
-        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, xq.dtype, n, m, q.device):
+        acc = accumulation_dtype(xq, g.patches)   # float64 if either is: no fused kernel
+        if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, acc, n, m, q.device):
             dt = torch.float32 if impl == "cpu" else (xq.dtype if xq.dtype == g.patches.dtype else torch.float32)
             xq = xq.to(dt).contiguous()
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
-                out = emd_pairs(xq, gp, idx, weighting, None, None, eps, max_iter, tol, MODES[mode],
+                out = emd_pairs(xq, gp, idx, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             else:  # gather only the candidates, then convert
                 cand = gp.index_select(0, idx.reshape(-1)).to(dt).contiguous()
-                out = emd_pairs(xq, cand, None, weighting, None, None, eps, max_iter, tol, MODES[mode],
+                out = emd_pairs(xq, cand, None, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             emd_v, flows = out["emd"].reshape(B, k), out["flows"]
             n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)
@@ -187,14 +193,14 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         else:
             cand = g.patches.index_select(0, idx.reshape(-1)).reshape(B, k, m, C)
             xb = xq.unsqueeze(1)                                                 # (B, 1, n, C)
-            cost = patch_cost(xb, cand, impl=impl)                               # (B, k, n, m)
+            cost = patch_cost(xb, cand, impl=impl, check_finite=False)          # (B, k, n, m)
             ex = q.embeddings.unsqueeze(1)
             ey = g.embeddings.index_select(0, idx.reshape(-1)).reshape(B, k, -1)
             lx = None if q.landmarks is None else q.landmarks.unsqueeze(1)
             ly = None if g.landmarks is None else g.landmarks.index_select(0, idx.reshape(-1)).reshape(B, k, -1, 2)
-            wx, wy, fell = patch_weights(xb, cand, weighting, x_embedding=ex, y_embedding=ey,
-                                         x_landmarks=lx, y_landmarks=ly, grid=q.grid,
-                                         return_fallback=True, official=official)
+            wx, wy, fell = patch_weights_ref(xb, cand, weighting, x_embedding=ex, y_embedding=ey,
+                                             x_landmarks=lx, y_landmarks=ly, grid=q.grid,
+                                             official=official)
             res = sinkhorn(cost, wx.to(cost.dtype), wy.to(cost.dtype), eps=eps, max_iter=max_iter,
                            tol=0.1 if official else tol, mode=mode_eff, return_plan=return_flows,
                            impl=impl, official_group=k)

@@ -10,6 +10,8 @@ Kernels
   _emd_pairs_kernel    grid (B*k,): one pair per program: cosine tile, weights, Sinkhorn, EMD.
 The Sinkhorn iteration itself is the shared @triton.jit helper ``_sinkhorn_tile``.
 """
+import contextlib
+
 import torch
 
 try:
@@ -25,7 +27,7 @@ from ..reference.cost import NORM_FLOOR
 from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, LOG_DOMAIN_THRESHOLD
 
 MAX_SINKHORN_SIZE = 128  # n, m limit of the register-tile Sinkhorn kernels
-WEIGHTING_CODES = {"uniform": 0, "apc": 1, "sc": 2, "external": 3}
+WEIGHTING_CODES = {"uniform": 0, "apc": 1, "sc": 2}
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -50,25 +52,32 @@ if AVAILABLE:
     # ------------------------------------------------------------------------------------------
 
     @triton.jit
+    def _pow2_scale(amax):
+        """A power of two near amax (1 for zero rows): dividing by it keeps squares finite.
+        At least 2^-126: a subnormal scale would flush to zero on GPUs."""
+        e = tl.maximum(tl.floor(tl.log2(tl.where(amax > 0, amax, 1.0))), -126.0)
+        return tl.where(amax > 0, tl.exp2(e), 1.0)
+
+    @triton.jit
     def _cos_accumulate(x_ptr, y_ptr, offs_i, offs_j, n, m, C,
                         BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, APC: tl.constexpr):
         """Accumulate over channels, in float32, for rows offs_i of x (n, C) and offs_j of y (m, C).
 
-        Returns dot (BN, BM) = <x_i, y_j>, nx2 (BN,) = ||x_i||^2, ny2 (BM,) = ||y_j||^2 and, when APC,
-        xc (BN,) = <x_i, mean_j y_j>, yc (BM,) = <y_j, mean_i x_i>, cx2 = ||mean x||^2, cy2 = ||mean y||^2
-        (the means are over all n / m rows, so offs_i / offs_j must then cover the whole matrices).
+        Every row is first divided by a power of two near its largest |value| (values ~1e19 would
+        overflow the squares; fastface.reference.unit_rows does the same), so the sums are of the
+        scaled rows x'_i = x_i / sx_i, y'_j = y_j / sy_j. Returns dot (BN, BM) = <x'_i, y'_j>,
+        nx2 (BN,) = ||x'_i||^2, ny2 (BM,) = ||y'_j||^2, the norm floors NORM_FLOOR / sx_i (BN,) and
+        NORM_FLOOR / sy_j (BM,), and when APC, with the means taken of rows scaled by one common
+        power of two per side (mx', my'): xc (BN,) = <x'_i, my'>, yc (BM,) = <y'_j, mx'>, cx2 =
+        ||mx'||^2, cy2 = ||my'||^2 and their floors (the means are over all n / m rows, so offs_i /
+        offs_j must then cover the whole matrices).
         """
         mask_i = offs_i < n
         mask_j = offs_j < m
-        dot = tl.zeros((BN, BM), dtype=tl.float32)
-        nx2 = tl.zeros((BN,), dtype=tl.float32)
-        ny2 = tl.zeros((BM,), dtype=tl.float32)
-        xc = tl.zeros((BN,), dtype=tl.float32)
-        yc = tl.zeros((BM,), dtype=tl.float32)
-        cx2 = tl.zeros((BC,), dtype=tl.float32)
-        cy2 = tl.zeros((BC,), dtype=tl.float32)
         row_x = offs_i.to(tl.int64)[:, None] * C   # (BN, 1)
         row_y = offs_j.to(tl.int64)[:, None] * C   # (BM, 1)
+        amax_x = tl.zeros((BN,), dtype=tl.float32)
+        amax_y = tl.zeros((BM,), dtype=tl.float32)
         for c0 in range(0, C, BC):
             offs_c = c0 + tl.arange(0, BC)
             mask_c = offs_c < C
@@ -76,22 +85,43 @@ if AVAILABLE:
                          other=0.0).to(tl.float32)  # (BN, BC)
             yt = tl.load(y_ptr + row_y + offs_c[None, :], mask=mask_j[:, None] & mask_c[None, :],
                          other=0.0).to(tl.float32)  # (BM, BC)
+            amax_x = tl.maximum(amax_x, tl.max(tl.abs(xt), axis=1))
+            amax_y = tl.maximum(amax_y, tl.max(tl.abs(yt), axis=1))
+        sx = _pow2_scale(amax_x)                    # (BN,)
+        sy = _pow2_scale(amax_y)                    # (BM,)
+        gx = tl.max(sx, axis=0)                     # common scale of the means
+        gy = tl.max(sy, axis=0)
+        dot = tl.zeros((BN, BM), dtype=tl.float32)
+        nx2 = tl.zeros((BN,), dtype=tl.float32)
+        ny2 = tl.zeros((BM,), dtype=tl.float32)
+        xc = tl.zeros((BN,), dtype=tl.float32)
+        yc = tl.zeros((BM,), dtype=tl.float32)
+        cx2 = tl.zeros((BC,), dtype=tl.float32)
+        cy2 = tl.zeros((BC,), dtype=tl.float32)
+        for c0 in range(0, C, BC):
+            offs_c = c0 + tl.arange(0, BC)
+            mask_c = offs_c < C
+            xt = tl.load(x_ptr + row_x + offs_c[None, :], mask=mask_i[:, None] & mask_c[None, :],
+                         other=0.0).to(tl.float32) / sx[:, None]  # (BN, BC)
+            yt = tl.load(y_ptr + row_y + offs_c[None, :], mask=mask_j[:, None] & mask_c[None, :],
+                         other=0.0).to(tl.float32) / sy[:, None]  # (BM, BC)
             dot = tl.dot(xt, tl.trans(yt), dot, input_precision="ieee")  # (BN, BM), no TF32
             nx2 += tl.sum(xt * xt, axis=1)
             ny2 += tl.sum(yt * yt, axis=1)
             if APC:
-                mx = tl.sum(xt, axis=0) / n   # (BC,) chunk of mean_i x_i (raw rows)
-                my = tl.sum(yt, axis=0) / m   # (BC,) chunk of mean_j y_j
+                mx = tl.sum(xt * (sx / gx)[:, None], axis=0) / n   # (BC,) chunk of mean_i x_i / gx
+                my = tl.sum(yt * (sy / gy)[:, None], axis=0) / m   # (BC,) chunk of mean_j y_j / gy
                 xc += tl.sum(xt * my[None, :], axis=1)
                 yc += tl.sum(yt * mx[None, :], axis=1)
                 cx2 += mx * mx
                 cy2 += my * my
-        return dot, nx2, ny2, xc, yc, tl.sum(cx2, axis=0), tl.sum(cy2, axis=0)
+        return (dot, nx2, ny2, _NORM_FLOOR / sx, _NORM_FLOOR / sy, xc, yc,
+                tl.sum(cx2, axis=0), tl.sum(cy2, axis=0), _NORM_FLOOR / gx, _NORM_FLOOR / gy)
 
     @triton.jit
-    def _inv_norm(sq):
-        """1 / max(sqrt(sq), NORM_FLOOR), correctly rounded (zero rows -> finite, dot stays 0)."""
-        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), _NORM_FLOOR))
+    def _inv_norm(sq, floor):
+        """1 / max(sqrt(sq), floor), correctly rounded (zero rows -> finite, dot stays 0)."""
+        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), floor))
 
     @triton.jit
     def _lse(x, AXIS: tl.constexpr):
@@ -209,9 +239,9 @@ if AVAILABLE:
         offs_j = tl.program_id(2) * BM + tl.arange(0, BM)   # (BM,)
         x_base = x_ptr + (p // rep) * n * C
         y_base = y_ptr + p * m * C
-        dot, nx2, ny2, _xc, _yc, _cx2, _cy2 = _cos_accumulate(
+        dot, nx2, ny2, fx, fy, _xc, _yc, _cx2, _cy2, _fcx, _fcy = _cos_accumulate(
             x_base, y_base, offs_i, offs_j, n, m, C, BN, BM, BC, False)
-        cost = 1.0 - (dot * _inv_norm(nx2)[:, None]) * _inv_norm(ny2)[None, :]   # (BN, BM)
+        cost = 1.0 - (dot * _inv_norm(nx2, fx)[:, None]) * _inv_norm(ny2, fy)[None, :]   # (BN, BM)
         mask = (offs_i < n)[:, None] & (offs_j < m)[None, :]
         out = out_ptr + p * n * m + offs_i[:, None] * m + offs_j[None, :]
         tl.store(out, cost, mask=mask)
@@ -253,13 +283,13 @@ if AVAILABLE:
         return tl.where(mask, w, 0.0), empty
 
     @triton.jit
-    def _emd_pairs_kernel(x_ptr, y_ptr, wx_ptr, wy_ptr, k, n, m, C, eps, max_iter, tol, mode,
+    def _emd_pairs_kernel(x_ptr, y_ptr, k, n, m, C, eps, max_iter, tol, mode,
                           emd_ptr, flow_ptr, iter_ptr, conv_ptr, fb_ptr,
                           WEIGHTING: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
                           BC: tl.constexpr, RETURN_FLOWS: tl.constexpr):
         """x (B, n, C), y (B*k, m, C) -> per pair p (query p // k): cost, weights, Sinkhorn, EMD.
 
-        WEIGHTING: 0 uniform, 1 apc, 2 sc, 3 external (wx (B*k, n), wy (B*k, m) already normalised).
+        WEIGHTING: 0 uniform, 1 apc, 2 sc.
         """
         p = tl.program_id(0).to(tl.int64)
         offs_i = tl.arange(0, BN)
@@ -267,25 +297,22 @@ if AVAILABLE:
         mask_i = offs_i < n
         mask_j = offs_j < m
         mask2d = mask_i[:, None] & mask_j[None, :]
-        dot, nx2, ny2, xc, yc, cx2, cy2 = _cos_accumulate(
+        dot, nx2, ny2, fx, fy, xc, yc, cx2, cy2, fcx, fcy = _cos_accumulate(
             x_ptr + (p // k) * n * C, y_ptr + p * m * C, offs_i, offs_j, n, m, C,
             BN, BM, BC, WEIGHTING == 1)
-        rx = _inv_norm(nx2)                                           # (BN,)
-        ry = _inv_norm(ny2)                                           # (BM,)
+        rx = _inv_norm(nx2, fx)                                       # (BN,)
+        ry = _inv_norm(ny2, fy)                                       # (BM,)
         cost = 1.0 - (dot * rx[:, None]) * ry[None, :]                # (BN, BM), never stored
 
         fallback = tl.full((), 0, tl.int32)
         if WEIGHTING == 0:
             a = tl.where(mask_i, 1.0 / n, 0.0)
             b = tl.where(mask_j, 1.0 / m, 0.0)
-        elif WEIGHTING == 3:
-            a = tl.load(wx_ptr + p * n + offs_i, mask=mask_i, other=0.0)
-            b = tl.load(wy_ptr + p * m + offs_j, mask=mask_j, other=0.0)
         else:
             if WEIGHTING == 1:
                 # APC: cosine of each unit row with the unit mean of the other image's raw rows.
-                sx = (xc * rx) * _inv_norm(cy2)
-                sy = (yc * ry) * _inv_norm(cx2)
+                sx = (xc * rx) * _inv_norm(cy2, fcy)
+                sy = (yc * ry) * _inv_norm(cx2, fcx)
             else:
                 # SC: summed cosine distances to all patches of the other image.
                 sx = tl.sum(tl.where(mask2d, cost, 0.0), axis=1)
@@ -313,6 +340,12 @@ if AVAILABLE:
 def _require():
     if not AVAILABLE:
         raise RuntimeError("fastface triton kernels need the 'triton' package")
+
+
+def _on_device_of(t):
+    """Make t's GPU the current device for a launch: Triton launches on the current device's
+    current stream, so the caller's stream on t's device is used (a no-op for CPU tensors)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _check_mode(mode):
@@ -347,7 +380,8 @@ def patch_cost_triton(x, y, rep):
         return out.fill_(1.0)
     BN, BM, BC = _tile(n, hi=64), _tile(m, hi=64), _tile(C, hi=32)
     grid = (P, triton.cdiv(n, BN), triton.cdiv(m, BM))
-    _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=8)
+    with _on_device_of(y):
+        _patch_cost_kernel[grid](x, y, out, rep, n, m, C, BN=BN, BM=BM, BC=BC, num_warps=8)
     return out
 
 
@@ -375,18 +409,19 @@ def sinkhorn_triton(cost, a, b, eps, max_iter, tol, mode, return_plan):
     conv = torch.empty(P, dtype=torch.uint8, device=dev)
     if P and n and m:
         BN, BM = _tile(n, lo=2), _tile(m, lo=2)
-        _sinkhorn_kernel[(P,)](cost, a, b, n, m, float(eps), int(max_iter), float(tol), mode,
-                               distance, plan if return_plan else distance, f, g, n_iter, conv,
-                               BN=BN, BM=BM, RETURN_PLAN=bool(return_plan),
-                               num_warps=_sinkhorn_warps(BN, BM))
+        with _on_device_of(cost):
+            _sinkhorn_kernel[(P,)](cost, a, b, n, m, float(eps), int(max_iter), float(tol), mode,
+                                   distance, plan if return_plan else distance, f, g, n_iter, conv,
+                                   BN=BN, BM=BM, RETURN_PLAN=bool(return_plan),
+                                   num_warps=_sinkhorn_warps(BN, BM))
     return dict(distance=distance, plan=plan, f=f, g=g, n_iter=n_iter, converged=conv.bool())
 
 
-def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows, wx=None, wy=None):
+def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows):
     """Fused re-rank EMD: x (B, n, C) queries, y (B*k, m, C) gathered candidates (row b*k + j).
 
-    Per pair: cost = 1 - cos (in registers), weights per `weighting` ("uniform", "apc", "sc",
-    "external" with wx (B*k, n), wy (B*k, m)), Sinkhorn as sinkhorn_triton, emd = <plan, cost>.
+    Per pair: cost = 1 - cos (in registers), weights per `weighting` ("uniform", "apc", "sc"),
+    Sinkhorn as sinkhorn_triton, emd = <plan, cost>.
     Returns dict(emd (B*k,), flows (B*k, n, m) | None, n_iter, converged, fallback (B*k,) bool).
     """
     _require()
@@ -409,20 +444,14 @@ def emd_pairs_triton(x, y, k, weighting, eps, max_iter, tol, mode, return_flows,
     n_iter = torch.empty(P, dtype=torch.int32, device=dev)
     conv = torch.empty(P, dtype=torch.uint8, device=dev)
     fallback = torch.empty(P, dtype=torch.uint8, device=dev)
-    if code == WEIGHTING_CODES["external"]:
-        if wx is None or wy is None:
-            raise ValueError("weighting='external' needs wx and wy")
-        wx = wx.to(device=dev, dtype=torch.float32).reshape(P, n).contiguous()
-        wy = wy.to(device=dev, dtype=torch.float32).reshape(P, m).contiguous()
-    else:
-        wx = wy = emd  # unused pointers
     if P and n and m:
         BN, BM = _tile(n), _tile(m)
         BC = _tile(C, hi=32) if C else 16
-        _emd_pairs_kernel[(P,)](x, y, wx, wy, k, n, m, C, float(eps), int(max_iter), float(tol), mode,
-                                emd, flows if return_flows else emd, n_iter, conv, fallback,
-                                WEIGHTING=code, BN=BN, BM=BM, BC=BC, RETURN_FLOWS=bool(return_flows),
-                                num_warps=_sinkhorn_warps(BN, BM))
+        with _on_device_of(x):
+            _emd_pairs_kernel[(P,)](x, y, k, n, m, C, float(eps), int(max_iter), float(tol),
+                                    mode, emd, flows if return_flows else emd, n_iter, conv, fallback,
+                                    WEIGHTING=code, BN=BN, BM=BM, BC=BC,
+                                    RETURN_FLOWS=bool(return_flows), num_warps=_sinkhorn_warps(BN, BM))
     return dict(emd=emd, flows=flows, n_iter=n_iter, converged=conv.bool(), fallback=fallback.bool())
 
 

@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .precision import in_full_fp32
+
 # Epilogue activations, in the order of the kernels' codes (csrc/common/problem.h, Activation).
 ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh", "sigmoid")
 
@@ -68,21 +70,24 @@ def activate_ref(h, activation, slope=0.01):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def generator_ref(x, layers, *, normalize_input=False):
-    """Return the chain's output (B, C', H', W') for x (B, C, H, W), computed in float32.
+@in_full_fp32
+def generator_ref(x, layers, *, normalize_input=False, dtype=torch.float32):
+    """Return the chain's output (B, C', H', W') for x (B, C, H, W), computed in dtype (float32;
+    float64 to verify a compiled module).
 
     normalize_input first divides every pixel's channel vector by max(its L2 norm, 1e-12)
     (F.normalize over dim 1, as R³AN's generator does with its input feature).
     """
-    h = x.to(torch.float32)
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    h = x.to(dtype)
     if normalize_input:
         h = F.normalize(h, dim=1)
     for L in layers:
-        h = F.conv_transpose2d(h, L.weight, L.bias, L.stride, L.padding, L.output_padding, 1,
-                               L.dilation)
+        h = F.conv_transpose2d(h, cast(L.weight), cast(L.bias), L.stride, L.padding,
+                               L.output_padding, 1, L.dilation)
         h = activate_ref(h, L.activation, L.slope)
         if L.post_scale is not None:
-            h = h * L.post_scale[:, None, None]
+            h = h * cast(L.post_scale)[:, None, None]
         if L.post_shift is not None:
-            h = h + L.post_shift[:, None, None]
+            h = h + cast(L.post_shift)[:, None, None]
     return h

@@ -12,6 +12,8 @@ distance is 1 - <P, 1 - C> (the code's 1 - similarity).
 """
 import torch
 
+from .precision import in_full_fp32
+
 AUTO, KERNEL, LOG, OFFICIAL = 0, 1, 2, 3
 LOG_DOMAIN_THRESHOLD = 50.0
 
@@ -105,6 +107,7 @@ def _official(cost, a, b, eps, max_iter, tol, group):
     return plan, distance, n_iter, converged
 
 
+@in_full_fp32
 def sinkhorn_ref(cost, a, b, eps=0.05, max_iter=100, tol=1e-6, mode=AUTO, group=1,
                  return_plan=False):
     """Return dict(distance (P,), plan (P, n, m) | None, f (P, n), g (P, m), n_iter, converged).

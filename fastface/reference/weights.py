@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from .cost import unit_rows
+from .cost import accumulation_dtype, unit_rows
+from .precision import in_full_fp32
 
 WEIGHTINGS = ("uniform", "apc", "sc", "cc", "lmk")
 
@@ -35,6 +36,7 @@ def square_grid(n: int):
     return side, side
 
 
+@in_full_fp32
 def patch_weights_ref(x, y, method="apc", *, x_embedding=None, y_embedding=None,
                       x_landmarks=None, y_landmarks=None, grid=None, official=False):
     """Return (wx (..., n), wy (..., m), fell_back (...,) bool) for patches x (..., n, C), y (..., m, C).
@@ -43,21 +45,21 @@ def patch_weights_ref(x, y, method="apc", *, x_embedding=None, y_embedding=None,
     """
     n, m = x.shape[-2], y.shape[-2]
     batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    acc = accumulation_dtype(x, y, x_embedding, y_embedding)
     if method == "uniform":
-        acc = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
         wx = torch.full((*batch, n), 1.0 / n, dtype=acc, device=x.device)
         wy = torch.full((*batch, m), 1.0 / m, dtype=acc, device=x.device)
         return wx, wy, torch.zeros(batch, dtype=torch.bool, device=x.device)
-    xu, yu = unit_rows(x), unit_rows(y)
+    xu, yu = unit_rows(x, acc), unit_rows(y, acc)
     if method == "apc":
         # Centre = L2-normalised global average pool of the *raw* map of the other image.
-        cy, cx = unit_rows(y.to(xu.dtype).mean(-2)), unit_rows(x.to(xu.dtype).mean(-2))
+        cy, cx = unit_rows(y.to(acc).mean(-2)), unit_rows(x.to(acc).mean(-2))
         sx = (xu @ cy.unsqueeze(-1)).squeeze(-1)
         sy = (yu @ cx.unsqueeze(-1)).squeeze(-1)
     elif method == "cc":
-        ey, ex = unit_rows(y_embedding), unit_rows(x_embedding)
-        sx = (xu @ ey.to(xu.dtype).unsqueeze(-1)).squeeze(-1)
-        sy = (yu @ ex.to(xu.dtype).unsqueeze(-1)).squeeze(-1)
+        ey, ex = unit_rows(y_embedding, acc), unit_rows(x_embedding, acc)
+        sx = (xu @ ey.unsqueeze(-1)).squeeze(-1)
+        sy = (yu @ ex.unsqueeze(-1)).squeeze(-1)
     elif method == "sc":
         # The official code sums cosine *distances* (the dissertation's Eq. 3.8 says cosines).
         dist = 1.0 - xu @ yu.transpose(-1, -2)
