@@ -50,7 +50,7 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
         out = be.triton_kernels.patch_cost_triton(xf, yf, rep)
         return out.reshape(*batch, n, m)
     if impl == "triton":
-        impl = "cuda" if be.cuda_usable() else "torch"
+        impl = "cuda" if x.is_cuda and be.cuda_usable(x.device) else "torch"
         if impl == "torch":
             return patch_cost_ref(x, y)
     out = torch.empty(P, n, m, dtype=out_dtype, device=x.device)

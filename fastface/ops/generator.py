@@ -20,7 +20,7 @@ from .generator_compile import MAX_LAYERS, compile_module, verify_chain
 
 IMPLS = ("auto", "cpu", "cuda", "torch")
 CUDA_PATHS = {"auto": 0, "chain": 1, "layers": 2}
-_DESC_LEN = 22  # csrc/common/problem.h: kConvTDescLen and ConvTDescField
+_DESC_LEN = 22  # csrc/common/convt_problem.h: kConvTDescLen and ConvTDescField
 
 
 def _slope_bits(slope):
@@ -144,7 +144,7 @@ class FusedGenerator:
         C, Ho, Wo = self.output_shape(H, W)
         impl = be.resolve_impl(impl, x.device)
         if impl == "triton":  # auto on a GPU that prefers triton elsewhere: no triton kernel here
-            impl = "cuda" if be.cuda_usable() else "torch"
+            impl = "cuda" if x.is_cuda and be.cuda_usable(x.device) else "torch"
         if impl == "torch" or (torch.is_grad_enabled() and z.requires_grad):
             return generator_ref(x, self._state(x.device).layers,
                                  normalize_input=self.normalize_input).to(z.dtype)

@@ -35,7 +35,7 @@ def solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan, impl):
     if impl == "triton":
         if mode == OFFICIAL or max(n, m) > 128 or cost.dtype != torch.float32:
             return solve(cost, a, b, eps, max_iter, tol, mode, group, want_plan,
-                         "cuda" if be.cuda_usable() and cost.is_cuda else "torch")
+                         "cuda" if cost.is_cuda and be.cuda_usable(cost.device) else "torch")
         out = be.triton_kernels.sinkhorn_triton(cost, a, b, eps, max_iter, tol, mode, want_plan)
         return out
     dt = cost.dtype

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .precision import in_full_fp32
 
-# Epilogue activations, in the order of the kernels' codes (csrc/common/problem.h, Activation).
+# Epilogue activations, in the order of the kernels' codes (csrc/common/convt_problem.h, Activation).
 ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh", "sigmoid")
 
 
