@@ -1,5 +1,7 @@
 // Bindings of the EMD / Sinkhorn ops: patch_cost, sinkhorn, emd_pairs (CPU, and CUDA when built).
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "bind.h"
 #include "common/emd_problem.h"
@@ -40,15 +42,17 @@ SinkhornArgs make_sinkhorn_args(uintptr_t cost, uintptr_t a, uintptr_t b, int64_
 
 EmdPairsArgs make_emd_pairs_args(uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t k,
                                  int64_t n, int64_t m, int64_t C, int dtype, int weighting,
-                                 uintptr_t wx, uintptr_t wy, double eps, int max_iter, double tol,
+                                 double eps, int max_iter, double tol,
                                  int mode, uintptr_t emd, uintptr_t flows, uintptr_t n_iter,
                                  uintptr_t converged, uintptr_t fallback) {
   EmdPairsArgs args;
   args.x = ptr<const void>(x); args.y = ptr<const void>(y); args.idx = ptr<const int64_t>(idx);
   args.B = B; args.k = k; args.n = n; args.m = m; args.C = C;
   args.in_dtype = static_cast<DType>(dtype);
+  if (weighting < int(Weighting::Uniform) || weighting > int(Weighting::SC))
+    throw std::invalid_argument("emd_pairs: weighting code must be 0 (uniform), 1 (apc) or 2 (sc), got " +
+                                std::to_string(weighting));
   args.weighting = static_cast<Weighting>(weighting);
-  args.wx_in = ptr<const float>(wx); args.wy_in = ptr<const float>(wy);
   args.eps = eps; args.max_iter = max_iter; args.tol = tol;
   args.mode = static_cast<SinkhornMode>(mode);
   args.emd = ptr<float>(emd); args.flows = ptr<float>(flows); args.n_iter = ptr<int32_t>(n_iter);
@@ -76,10 +80,10 @@ void register_emd(py::module_& mod) {
           }, nogil);
   mod.def("emd_pairs_cpu",
           [](uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t k, int64_t n, int64_t m,
-             int64_t C, int dtype, int weighting, uintptr_t wx, uintptr_t wy, double eps,
+             int64_t C, int dtype, int weighting, double eps,
              int max_iter, double tol, int mode, uintptr_t emd, uintptr_t flows, uintptr_t n_iter,
              uintptr_t converged, uintptr_t fallback, int threads) {
-            cpu::emd_pairs(make_emd_pairs_args(x, y, idx, B, k, n, m, C, dtype, weighting, wx, wy,
+            cpu::emd_pairs(make_emd_pairs_args(x, y, idx, B, k, n, m, C, dtype, weighting,
                                                eps, max_iter, tol, mode, emd, flows, n_iter,
                                                converged, fallback), threads);
           }, nogil);
@@ -102,10 +106,10 @@ void register_emd(py::module_& mod) {
           }, nogil);
   mod.def("emd_pairs_cuda",
           [](uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t k, int64_t n, int64_t m,
-             int64_t C, int dtype, int weighting, uintptr_t wx, uintptr_t wy, double eps,
+             int64_t C, int dtype, int weighting, double eps,
              int max_iter, double tol, int mode, uintptr_t emd, uintptr_t flows, uintptr_t n_iter,
              uintptr_t converged, uintptr_t fallback, uintptr_t stream) {
-            cuda::emd_pairs(make_emd_pairs_args(x, y, idx, B, k, n, m, C, dtype, weighting, wx, wy,
+            cuda::emd_pairs(make_emd_pairs_args(x, y, idx, B, k, n, m, C, dtype, weighting,
                                                 eps, max_iter, tol, mode, emd, flows, n_iter,
                                                 converged, fallback), ptr<void>(stream));
           }, nogil);

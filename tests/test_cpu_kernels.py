@@ -34,7 +34,7 @@ def emd_pairs_cpu(x, y, weighting, eps, max_iter, tol=1e-6, mode=KERNEL):
     m = y.shape[1]
     out = dict(emd=torch.empty(B), flows=torch.empty(B, n, m), n_iter=torch.empty(B, dtype=torch.int32),
                converged=torch.empty(B, dtype=torch.uint8), fallback=torch.empty(B, dtype=torch.uint8))
-    be._C.emd_pairs_cpu(x.data_ptr(), y.data_ptr(), 0, B, 1, n, m, C, 0, weighting, 0, 0, eps, max_iter,
+    be._C.emd_pairs_cpu(x.data_ptr(), y.data_ptr(), 0, B, 1, n, m, C, 0, weighting, eps, max_iter,
                         tol, mode, *(be.ptr(out[k]) for k in out), 3)
     return out
 
@@ -75,7 +75,7 @@ def test_fused_pairs_without_iterations_start_from_unit_scalings():
 OOM_CALLS = {
     "sinkhorn": "C.sinkhorn_cpu(p, p, p, 1, 2**30, 2**30, 0.1, 10, 1e-6, 0, 1, 0, p, 0, p, p, p, p, 2)",
     "sinkhorn_official": "C.sinkhorn_cpu(p, p, p, 1, 2**30, 2**30, 0.1, 10, 1e-6, 3, 1, 0, p, 0, 0, 0, p, p, 2)",
-    "emd_pairs": "C.emd_pairs_cpu(p, p, 0, 1, 1, 2**30, 2**30, 1, 0, 1, 0, 0, 0.1, 10, 1e-6, 0, p, 0, p, p, p, 2)",
+    "emd_pairs": "C.emd_pairs_cpu(p, p, 0, 1, 1, 2**30, 2**30, 1, 0, 1, 0.1, 10, 1e-6, 0, p, 0, p, p, p, 2)",
     "patch_cost": "C.patch_cost_cpu(p, p, p, 1, 1, 2**58, 1, 1, 0, 2)",
 }
 
@@ -157,3 +157,11 @@ def test_zero_and_tiny_patches_keep_the_norm_floor():
     cost = ff.patch_cost(x, y, impl="cpu")
     torch.testing.assert_close(cost[0, 0], torch.ones(4))
     torch.testing.assert_close(cost[0, 1], torch.tensor([1 - 1e-3, 1, 1, 1]))
+
+
+def test_emd_pairs_rejects_an_unknown_weighting_code():
+    # Code 3 was an unreachable "external" weighting; the binding now names the valid codes.
+    x = torch.rand(2, 3, 4)
+    for code in (-1, 3, 7):
+        with pytest.raises(ValueError, match="weighting code must be 0"):
+            emd_pairs_cpu(x, x, code, 0.1, 10)

@@ -194,7 +194,7 @@ def run_emd_pairs(fn, x, y, idx, k, weighting, eps, max_iter, tol, mode, want_fl
                flows=torch.full((P, n, m), float("nan")) if want_flows else None,
                n_iter=torch.full((P,), -1, dtype=torch.int32), converged=torch.full((P,), 7, dtype=torch.uint8),
                fallback=torch.full((P,), 7, dtype=torch.uint8))
-    fn(be.ptr(x), be.ptr(y), be.ptr(idx), B, k, n, m, C, be.DTYPE_CODES[x.dtype], weighting, 0, 0, float(eps),
+    fn(be.ptr(x), be.ptr(y), be.ptr(idx), B, k, n, m, C, be.DTYPE_CODES[x.dtype], weighting, float(eps),
        int(max_iter), float(tol), mode, *(be.ptr(out[k]) for k in ("emd", "flows", "n_iter", "converged", "fallback")))
     return out
 

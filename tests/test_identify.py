@@ -245,7 +245,9 @@ def test_identify_skips_unreadable_files(tiny_ckpt, folder, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["n_unreadable"] == 2 and res["n_queries"] == 18
     assert "2 unreadable files skipped" in capsys.readouterr().out
-    ds = ImageFolder(root, size=32)
+    with pytest.warns(RuntimeWarning, match="skipped 2 unreadable"):
+        assert str(root / "0" / "truncated.png") not in ImageFolder(root, size=32).paths
+    ds = ImageFolder(root, size=32, skip_unreadable=False)
     bad = ds.paths.index(str(root / "0" / "truncated.png"))
     from fastface.data import UnreadableImage
     with pytest.raises(UnreadableImage, match="truncated.png"):

@@ -10,8 +10,8 @@ namespace fastface {
 // Sinkhorn modes; the pure-PyTorch twin (fastface/reference/sinkhorn.py) defines their semantics.
 enum class SinkhornMode : int { Auto = 0, Kernel = 1, Log = 2, Official = 3 };
 
-// In-kernel weightings of the fused re-rank path; External reads wx / wy given by the caller.
-enum class Weighting : int { Uniform = 0, APC = 1, SC = 2, External = 3 };
+// In-kernel weightings of the fused re-rank path.
+enum class Weighting : int { Uniform = 0, APC = 1, SC = 2 };
 
 // Auto mode switches to the log domain when max(reduced cost) / eps exceeds this.
 constexpr double kLogDomainThreshold = 50.0;
@@ -57,8 +57,6 @@ struct EmdPairsArgs {
   int64_t B = 0, k = 0, n = 0, m = 0, C = 0;
   DType in_dtype = DType::F32;   // CPU: F32 only; CUDA: F32, F16, BF16
   Weighting weighting = Weighting::APC;
-  const float* wx_in = nullptr;  // (B * k, n) for External
-  const float* wy_in = nullptr;  // (B * k, m) for External
   double eps = 0.05;
   int max_iter = 100;
   double tol = 1e-6;

@@ -111,9 +111,6 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
         if (args.weighting == Weighting::Uniform) {
           std::fill(wx.begin(), wx.end(), 1.0f / float(n));
           std::fill(wy.begin(), wy.end(), 1.0f / float(m));
-        } else if (args.weighting == Weighting::External) {
-          std::copy(args.wx_in + p * n, args.wx_in + (p + 1) * n, wx.begin());
-          std::copy(args.wy_in + p * m, args.wy_in + (p + 1) * m, wy.begin());
         } else {
           fell_back = normalise(wx.data(), n);
           fell_back = normalise(wy.data(), m) || fell_back;

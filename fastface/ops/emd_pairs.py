@@ -47,9 +47,8 @@ def emd_pairs(x, y, idx, weighting, eps, max_iter, tol, mode, want_flows, impl):
     fallback = torch.zeros(P, dtype=torch.uint8, device=dev)
     idx_c = None if idx is None else idx.to(torch.int64).contiguous()
     if P:
-        # 0, 0: the binding's (unused) per-pair weight pointers
         args = (be.ptr(x), be.ptr(y), be.ptr(idx_c), B, k, n, m, C, be.DTYPE_CODES[x.dtype],
-                FUSED_WEIGHTINGS[weighting], 0, 0, float(eps), int(max_iter), float(tol), int(mode),
+                FUSED_WEIGHTINGS[weighting], float(eps), int(max_iter), float(tol), int(mode),
                 be.ptr(emd), be.ptr(flows), be.ptr(n_iter), be.ptr(conv), be.ptr(fallback))
         if impl == "cpu":
             be._C.emd_pairs_cpu(*args, be.threads())

@@ -87,7 +87,7 @@ int ff_emu_sinkhorn(uintptr_t cost, uintptr_t a, uintptr_t b, int64_t P, int64_t
 }
 
 int ff_emu_emd_pairs(uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t k, int64_t n, int64_t m,
-                     int64_t C, int64_t dtype, int64_t weighting, uintptr_t wx, uintptr_t wy, double eps, int64_t max_iter,
+                     int64_t C, int64_t dtype, int64_t weighting, double eps, int64_t max_iter,
                      double tol, int64_t mode, uintptr_t emd, uintptr_t flows, uintptr_t n_iter, uintptr_t converged,
                      uintptr_t fallback) {
   return guarded([&] {
@@ -95,7 +95,6 @@ int ff_emu_emd_pairs(uintptr_t x, uintptr_t y, uintptr_t idx, int64_t B, int64_t
     e.x = ptr<const void>(x); e.y = ptr<const void>(y); e.idx = ptr<const int64_t>(idx);
     e.B = B; e.k = k; e.n = n; e.m = m; e.C = C; e.in_dtype = static_cast<fastface::DType>(dtype);
     e.weighting = static_cast<fastface::Weighting>(weighting);
-    e.wx_in = ptr<const float>(wx); e.wy_in = ptr<const float>(wy);
     e.eps = eps; e.max_iter = int(max_iter); e.tol = tol; e.mode = static_cast<fastface::SinkhornMode>(mode);
     e.emd = ptr<float>(emd); e.flows = ptr<float>(flows); e.n_iter = ptr<int32_t>(n_iter);
     e.converged = ptr<uint8_t>(converged); e.fallback = ptr<uint8_t>(fallback);
