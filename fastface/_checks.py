@@ -71,6 +71,13 @@ def check_int(name, value, *, lo=1, hi=MAX_ITER_LIMIT):
     return value
 
 
+def check_bool(name, value):
+    """Check that value is a bool (not 0/1, None or a string: those would be truthy or falsy silently)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_positive(name, value, *, integer=False):
     if integer:
         return check_int(name, value)

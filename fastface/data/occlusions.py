@@ -24,6 +24,8 @@ def _check(images, landmarks68, generator):
         raise TypeError(f"images must be a floating torch.Tensor of shape (B, C, H, W), got {got}")
     if images.dim() != 4:
         raise ValueError(f"images must have shape (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"images must be at least 1x1 pixels, got shape {tuple(images.shape)}")
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
     if not isinstance(landmarks68, torch.Tensor):

@@ -66,7 +66,7 @@ def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=1
     Per query (B, k): stage1_indices / stage1_cosine, stage2_indices / stage2_distance /
     stage2_emd / stage2_cosine.
     """
-    from ..ops.rerank import Faces, as_faces, emd_rerank, stage1_topk
+    from ..ops.rerank import Faces, as_faces, emd_rerank, topk_cosine
     from ..reference import unit_rows
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -86,7 +86,7 @@ def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=1
         raise ValueError("the gallery needs at least one face other than the query")
     k = min(k, n_gallery)
     t0 = time.perf_counter()
-    cos1, st1 = stage1_topk(query.embeddings, gallery.embeddings, k, exclude_self=exclude_self)
+    cos1, st1 = topk_cosine(query.embeddings, gallery.embeddings, k, exclude_self=exclude_self)
     t_stage1 = time.perf_counter() - t0
 
     official = protocol == "official"

@@ -6,6 +6,7 @@ query's label. Ranks past K count as misses; queries with R = 0 are left out (an
 """
 import torch
 
+from .._checks import check_bool
 from ..data._args import as_float_tensor, as_int, as_int_tensor
 
 # Blocked similarity searches keep at most this many scores alive at once (128 MB of float64).
@@ -74,6 +75,7 @@ def retrieval_per_query(ranked_indices, query_labels, gallery_labels, exclude_se
     gallery_labels = _as_long("gallery_labels", gallery_labels)
     query_labels = _as_long("query_labels", query_labels)
     ranked_indices = _as_long("ranked_indices", ranked_indices)
+    check_bool("exclude_self", exclude_self)
     if gallery_labels.dim() != 1:
         raise ValueError(f"gallery_labels must be (G,), got shape {tuple(gallery_labels.shape)}")
     if query_labels.dim() != 1 or ranked_indices.dim() != 2 or ranked_indices.shape[0] != query_labels.shape[0]:
@@ -175,8 +177,8 @@ def tpr_at_fpr(scores, same, fprs=(1e-3, 1e-2, 1e-1)):
     scores, same = _scores_and_same(scores, same)
     n_pos, n_neg = int(same.sum()), int((~same).sum())
     if n_neg == 0 or n_pos == 0:
-        raise ValueError(f"tpr_at_fpr needs both positive and negative pairs, got {n_pos} positive "
-                         f"and {n_neg} negative")
+        raise ValueError(f"tpr_at_fpr needs both positive and negative pairs in same, got {n_pos} "
+                         f"positive and {n_neg} negative")
     if isinstance(fprs, (int, float, str)) or not hasattr(fprs, "__iter__"):
         raise TypeError(f"fprs must be a sequence of rates in [0, 1], got {type(fprs).__name__}")
     fprs = list(fprs)
@@ -254,5 +256,6 @@ def identification_with_distractors(probe_embeddings, probe_labels, distractor_e
         pairs += int(same.sum())
         wins += int((same & (sim > best_distractor[rows, None])).sum())
     if pairs == 0:
-        raise ValueError("identification_with_distractors needs an identity with two probe images")
+        raise ValueError("identification_with_distractors needs an identity with two probe images, "
+                         f"got {labels.unique().numel()} distinct probe_labels for {labels.numel()} probes")
     return wins / pairs

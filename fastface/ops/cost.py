@@ -1,4 +1,6 @@
 """Patch cosine cost: 1 - cos between two sets of patch embeddings."""
+import math
+
 import torch
 
 from .. import _backend as be
@@ -21,11 +23,12 @@ def flatten_pairs(x, y):
         rep = 1
         for d in range(lead, len(batch)):
             rep *= batch[d]
-        xf = x.reshape(*xb[:lead], n, C).reshape(-1, n, C)
+        xf = x.reshape(math.prod(xb[:lead]), n, C)
     else:
         rep = 1
-        xf = x.expand(*batch, n, C).reshape(-1, n, C)
-    return xf.contiguous(), y.reshape(-1, m, C).contiguous(), rep, batch
+        xf = x.expand(*batch, n, C).reshape(math.prod(batch), n, C)
+    # explicit sizes: reshape(-1, ...) is ambiguous when n or m is 0
+    return xf.contiguous(), y.reshape(math.prod(batch), m, C).contiguous(), rep, batch
 
 
 def patch_cost(x, y, *, impl="auto", check_finite=True):

@@ -76,7 +76,7 @@ class FusedGenerator:
         verify: "auto" (run a probe input through `module` and the plan when the module is not
         a plain Sequential, whose forward could differ from its children), True or False.
         """
-        if verify not in ("auto", True, False):
+        if not (isinstance(verify, bool) or (isinstance(verify, str) and verify == "auto")):   # not 1 or 0
             raise ValueError(f"verify must be 'auto', True or False, got {verify!r}")
         layers, unflatten, normalize, plain = compile_module(module)
         fg = cls(layers, input_shape=unflatten, normalize_input=normalize)
@@ -111,6 +111,14 @@ class FusedGenerator:
     # ---- inputs ----
     def _input(self, z):
         """Return z as (B, C, H, W) (a view where possible), validated."""
+        x = self._as_planes(z)
+        if x.is_meta:
+            raise ValueError("z must hold data (a CPU or CUDA tensor), got a tensor on the meta device")
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"z's plane must be at least 1x1, got z of shape {tuple(z.shape)}")
+        return x
+
+    def _as_planes(self, z):
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
         if not z.is_floating_point():

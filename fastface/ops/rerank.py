@@ -5,8 +5,8 @@ from typing import Optional
 import torch
 
 from .. import _backend as be
-from .._checks import (check_all_finite, check_number, check_same_device, check_solver_args,
-                       check_tensor)
+from .._checks import (check_all_finite, check_bool, check_int, check_number, check_same_device,
+                       check_solver_args, check_tensor)
 from ..reference import accumulation_dtype, in_full_fp32, patch_weights_ref, unit_rows
 from .cost import patch_cost
 from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
@@ -100,12 +100,33 @@ class RerankResult:
     n_fallback: int = 0                   # pairs whose weights fell back to uniform
 
 
-@in_full_fp32  # cosines for ranking: no TF32 / bf16 matmul
 def stage1_topk(q, g, k, exclude_self=False, chunk=65536):
     """Return (cosine (B, k), indices (B, k)) of the k most similar gallery rows, best first.
 
-    Works in chunks of the gallery: memory is O(B * (chunk + k)) whatever the gallery size.
+    q (B, D) query embeddings, g (G, D) gallery embeddings; exclude_self drops gallery row i for
+    query i (q is the gallery). Works in chunks of the gallery: memory is O(B * (chunk + k)).
     """
+    check_tensor("q", q, ndim=2)
+    check_tensor("g", g, ndim=2)
+    check_same_device(q=q, g=g)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"q (B, D) and g (G, D) must have the same D, got q {tuple(q.shape)} and g {tuple(g.shape)}")
+    check_bool("exclude_self", exclude_self)
+    if exclude_self and q.shape[0] != g.shape[0]:
+        raise ValueError(f"exclude_self needs q to be the gallery g, got q {tuple(q.shape)} and g {tuple(g.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
+    available = g.shape[0] - (1 if exclude_self else 0)
+    if not 1 <= k <= available:
+        raise ValueError(f"k must be in [1, {available}] (the gallery faces g"
+                         + (" less the query itself" if exclude_self else "") + f"), got {k}")
+    check_int("chunk", chunk, hi=None)
+    return topk_cosine(q, g, k, exclude_self, chunk)
+
+
+@in_full_fp32  # cosines for ranking: no TF32 / bf16 matmul
+def topk_cosine(q, g, k, exclude_self=False, chunk=65536):
+    """stage1_topk without the checks, for callers that validated q (B, D), g (G, D) and k."""
     acc = accumulation_dtype(q, g)
     qn = unit_rows(q, acc)
     B = q.shape[0]
@@ -136,8 +157,8 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     (kernel domain, mean |dr| < 0.1 stop over the k candidates of a query, 1e-7 weight epsilon).
     """
     check_solver_args(eps, max_iter, tol, mode, chunk_size=chunk_size)
-    if not isinstance(official, bool):
-        raise TypeError(f"official must be a bool, got {type(official).__name__} {official!r}")
+    for name, flag in (("official", official), ("exclude_self", exclude_self), ("return_flows", return_flows)):
+        check_bool(name, flag)
     check_number("alpha", alpha, lo=0, hi=1)
     q = as_faces("query", query)
     g = as_faces("gallery", gallery)
@@ -170,7 +191,7 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     impl = be.resolve_impl(impl, q.device)
 
     with torch.no_grad():
-        cos, idx = stage1_topk(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
+        cos, idx = topk_cosine(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
         B, n, C = q.patches.shape
         m = g.patches.shape[1]
         xq = q.patches
