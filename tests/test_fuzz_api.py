@@ -166,10 +166,12 @@ def bad_tensors(shape, name):
 # =============================================================================================
 def random_cost(r, g, batch, n, m):
     """A float64 cost of one of several odd kinds, and its spread (max - min)."""
-    kind = r.choice(["unit", "unit", "offset", "tiny", "negative", "constant", "wide"])
+    kind = r.choice(["unit", "unit", "offset", "tiny", "negative", "constant", "wide", "huge", "one_row"])
     u = torch.rand(*batch, n, m, generator=g, dtype=torch.float64)
+    one_row = u.clone()
+    one_row[..., 0, :] += 50                                # one row far above the others
     cost = {"unit": u * 2, "offset": 1000 + u, "tiny": 1e-6 * u, "negative": -3 * u,
-            "constant": torch.full_like(u, 0.7), "wide": 30 * u}[kind]
+            "constant": torch.full_like(u, 0.7), "wide": 30 * u, "huge": 1e4 * u, "one_row": one_row}[kind]
     return kind, cost
 
 
@@ -199,7 +201,7 @@ def test_sinkhorn_valid_inputs_agree_across_impls():
         dtype = r.choice(FLOATS)
         wdtype = r.choice([None, dtype, r.choice(FLOATS)])
         mode = r.choice(["auto", "auto", "kernel", "log", "official"])
-        eps = r.choice([0.05, 0.5, 2.0, 1e-3])
+        eps = r.choice([0.05, 0.5, 2.0, 1e-3, 1e-5, 1e6])
         max_iter = r.choice([1, 3, 100])
         tol = r.choice([0.0, 1e-6, 0.1])
         layout = r.choice(["contiguous", "transposed", "strided"])
@@ -358,6 +360,9 @@ def test_sinkhorn_bad_inputs_name_the_argument():
             for v in values:
                 fz.bad(f"{name}={v!r} {impl}", lambda name=name, v=v: ff.sinkhorn(cost, **{**kw, name: v}),
                        name)
+        for name in ("return_plan", "check_finite"):
+            for v in ("no", 1, None):
+                fz.bad(f"{name}={v!r} {impl}", lambda name=name, v=v: ff.sinkhorn(cost, **{**kw, name: v}), name)
         for v in (0, -2, "3", 1.5, True, 5):   # 5 does not divide the 2 problems
             fz.bad(f"official_group={v!r} {impl}",
                    lambda v=v: ff.sinkhorn(cost, mode="official", official_group=v, **kw), "official_group")
@@ -455,6 +460,12 @@ def test_patch_cost_and_weights_bad_inputs_name_the_argument():
             fz.bad(f"emd {label} {impl}", lambda xx=xx, yy=yy: ff.emd(xx, yy, impl=impl), ("x", "y"))
         fz.bad(f"patch_cost impl", lambda: ff.patch_cost(x, y, impl="gpu"), "impl")
     fz.bad("emd empty n", lambda: ff.emd(torch.rand(2, 0, 4), y), ("x", "y"))
+    for v in ("no", 1, None):
+        fz.bad(f"emd return_plan={v!r}", lambda v=v: ff.emd(x, y, return_plan=v), "return_plan")
+        fz.bad(f"patch_weights official={v!r}", lambda v=v: ff.patch_weights(x, y, official=v), "official")
+        fz.bad(f"patch_weights return_fallback={v!r}", lambda v=v: ff.patch_weights(x, y, return_fallback=v),
+               "return_fallback")
+        fz.bad(f"patch_cost check_finite={v!r}", lambda v=v: ff.patch_cost(x, y, check_finite=v), "check_finite")
     for method in ("magic", None, 3, "APC"):
         fz.bad(f"method={method!r}", lambda method=method: ff.patch_weights(x, y, method), ("method", "weighting"))
     e = torch.rand(2, 4)
@@ -531,10 +542,16 @@ def test_emd_valid_inputs_agree_across_impls():
         mode = r.choice(["auto", "auto", "kernel", "log", "official"])
         eps, max_iter = r.choice([0.05, 0.1, 1.0]), r.choice([1, 2, 50])
         tol = 0.1 if mode == "official" else r.choice([1e-6, 0.0])
+        want_plan = r.random() < 0.3
         label = (f"#{case} {weighting} x {tuple(x.shape)} {x.dtype} y {tuple(y.shape)} {y.dtype} mode={mode} "
-                 f"eps={eps} max_iter={max_iter}")
+                 f"eps={eps} max_iter={max_iter} return_plan={want_plan}")
 
-        def check(d):
+        def check(res):
+            d = res.distance if want_plan else res
+            if want_plan:
+                assert res.plan.shape == (*d.shape, n, m), f"plan shape {tuple(res.plan.shape)}"
+                assert_finite(res.plan, "plan")
+                assert bool((res.plan >= 0).all()), "plan has negative entries"
             assert d.shape == torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]), f"shape {tuple(d.shape)}"
             assert_finite(d, "emd")
             if mode != "official":   # a cosine cost in [0, 2] and a plan of mass 1
@@ -542,11 +559,15 @@ def test_emd_valid_inputs_agree_across_impls():
         allow = (FloatingPointError,) if mode in ("kernel", "official") else ()
         out = {impl: fz.valid(f"{label} impl={impl}",
                               lambda impl=impl: ff.emd(x, y, weighting=weighting, eps=eps, max_iter=max_iter,
-                                                       tol=tol, mode=mode, impl=impl, **extra), check, allow)
+                                                       tol=tol, mode=mode, impl=impl, return_plan=want_plan,
+                                                       **extra), check, allow)
                for impl in ("cpu", "torch")}
         if out["cpu"] is not None and out["torch"] is not None:
             rtol, atol = tol_for(acc_dtype(x.dtype, y.dtype))
             try:
+                if want_plan:
+                    close(out["cpu"].plan, out["torch"].plan, rtol, atol, "plan cpu vs torch")
+                    out = {k: v.distance for k, v in out.items()}
                 close(out["cpu"], out["torch"], rtol, atol, "emd cpu vs torch")
             except AssertionError as exc:
                 fz.fail(label, str(exc)[:400])
@@ -787,6 +808,13 @@ def test_emd_rerank_and_stage1_bad_inputs_name_the_argument():
                          ("C differs", (src[0], src[1][:, :3])), ("faces differ", (src[0], src[1][:1]))]:
             a, b = make(v)
             fz.bad(f"{name} {label}", lambda a=a, b=b: ff.emd_rerank(a, b, k=1), name)
+    lm_g, lm_q = torch.rand(6, 5, 2, generator=g), torch.rand(2, 5, 2, generator=g)
+    fz.bad("lmk without gallery landmarks", lambda: ff.emd_rerank(qry + (lm_q,), gal, k=2, weighting="lmk"),
+           ("x_landmarks", "y_landmarks", "landmarks"))
+    fz.bad("lmk, grid does not fit", lambda: ff.emd_rerank(ff.Faces(*qry, lm_q, grid=(3, 3)), gal + (lm_g,), k=2,
+                                                           weighting="lmk"), "grid")
+    fz.bad("Faces grid not a pair", lambda: ff.Faces(*qry, lm_q, grid="2x2"), "grid")
+    fz.bad("Faces lay_out str", lambda: ff.Faces(*qry, lay_out="no"), "lay_out")
     # stage1_topk is public: it checks its arguments like emd_rerank
     q, gg = torch.rand(2, 4), torch.rand(5, 4)
     for label, args, names in [
@@ -806,7 +834,10 @@ def test_stage1_topk_valid_inputs_match_brute_force():
     fz = Fuzz("stage1_topk valid")
     for case in range(60):
         G, D = r.choice([1, 2, 7, 20]), r.choice([1, 3, 8])
-        gal = odd_layout(torch.randn(G, D, generator=g, dtype=torch.float64).to(r.choice(FLOATS)), r.choice(["contiguous", "strided"]))
+        gal = torch.randn(G, D, generator=g, dtype=torch.float64)
+        if r.random() < 0.3:
+            gal[r.randrange(G)] = 0                                    # a zero embedding: cosine 0
+        gal = odd_layout(gal.to(r.choice(FLOATS)), r.choice(["contiguous", "strided"]))
         exclude_self = G > 1 and r.random() < 0.3
         q = gal if exclude_self else torch.randn(r.choice([1, 4]), D, generator=g).to(r.choice(FLOATS))
         k = r.choice([1, G - exclude_self])
@@ -849,12 +880,17 @@ def random_generator_module(r, g):
             bn.bias.data.normal_(generator=g)
             layers.append(bn)
         if r.random() < 0.8:
-            layers.append(r.choice([nn.ReLU(), nn.LeakyReLU(0.2), nn.Tanh(), nn.Sigmoid()]))
+            layers.append(r.choice([nn.ReLU(), nn.LeakyReLU(0.2), nn.LeakyReLU(-1.5), nn.Tanh(), nn.Sigmoid()]))
+        if r.random() < 0.2:
+            layers.append(r.choice([nn.Identity(), nn.Dropout(0.5), nn.Dropout2d()]))
         cin = cout
+    if len(layers) > 2 and r.random() < 0.3:                    # nested containers
+        layers = [nn.Sequential(*layers[:2]), nn.Sequential(nn.Sequential(*layers[2:]))]
     module = nn.Sequential(*layers).eval()
     for p in module.parameters():
         p.data.normal_(generator=g)
-    return module, layers[0].in_channels
+    first = next(m for m in module.modules() if isinstance(m, nn.ConvTranspose2d))
+    return module, first.in_channels
 
 
 def test_fused_generator_valid_modules_agree_across_impls():
@@ -903,6 +939,10 @@ def test_fused_generator_valid_modules_agree_across_impls():
                 assert_finite(out, impl)
                 close(out, ref, rtol, atol, f"{impl} vs the module in float64")
             fz.valid(f"{label} impl={impl}", lambda impl=impl: fg(z, impl=impl), check)
+        if zd in (torch.float32, torch.float64) and B:   # z.requires_grad: the differentiable twin
+            zg = z.detach().requires_grad_(True)
+            fz.valid(f"{label} grad", lambda: torch.autograd.grad(fg(zg).sum(), zg)[0],
+                     lambda gz: assert_finite(gz, "dz"))
     fz.finish()
 
 
@@ -953,11 +993,39 @@ def retrieval_oracle(ranked_labels, query_labels, R):
     return out
 
 
+def verification_oracle(scores, same, n_folds):
+    """LFW k-fold accuracy by brute force: per fold, the lowest threshold among the training scores
+    (and max + 1) that maximises training accuracy of (score >= t) == same."""
+    N = len(scores)
+    folds = [i * n_folds // N for i in range(N)]
+    accs = []
+    for f in range(n_folds):
+        train = [i for i in range(N) if folds[i] != f]
+        test = [i for i in range(N) if folds[i] == f]
+        cands = sorted({float(scores[i]) for i in train}) + [max(float(scores[i]) for i in train) + 1]
+        best = max(cands, key=lambda t: (sum((float(scores[i]) >= t) == bool(same[i]) for i in train), -t))
+        accs.append(sum((float(scores[i]) >= best) == bool(same[i]) for i in test) / len(test))
+    return sum(accs) / len(accs)
+
+
+def distractor_oracle(p, labels, d):
+    """MegaFace rank-1 rate by brute force over ordered probe pairs (a, b) of one identity."""
+    pn, dn = torch.nn.functional.normalize(p.double(), dim=1), torch.nn.functional.normalize(d.double(), dim=1)
+    best = (pn @ dn.T).amax(1) if len(d) else torch.full((len(p),), -2.0, dtype=torch.float64)
+    wins = pairs = 0
+    for a in range(len(p)):
+        for b in range(len(p)):
+            if a != b and labels[a] == labels[b]:
+                pairs += 1
+                wins += bool(pn[a] @ pn[b] > best[a])
+    return wins / pairs
+
+
 def test_metrics_valid_inputs_match_definitions():
     r, g = rng_for("metrics_valid")
     fz = Fuzz("metrics valid")
     for case in range(80):
-        G, B, K, L = r.choice([1, 3, 10]), r.choice([1, 4]), r.choice([1, 3]), r.choice([1, 2, 5])
+        G, B, K, L = r.choice([1, 3, 10]), r.choice([1, 4]), r.choice([0, 1, 3]), r.choice([1, 2, 5])
         K = min(K, G)
         gallery_labels = torch.randint(0, L, (G,), generator=g)
         exclude_self = r.random() < 0.3 and B <= G
@@ -980,10 +1048,12 @@ def test_metrics_valid_inputs_match_definitions():
         fz.valid(f"#{case} retrieval_metrics G={G} B={B} K={K} exclude_self={exclude_self} {as_type}",
                  lambda: metrics.retrieval_metrics(conv(ranked), conv(query_labels), conv(gallery_labels), exclude_self),
                  check)
-        fz.valid(f"#{case} map_at_r", lambda: metrics.map_at_r(conv(gallery_labels[ranked]), conv(query_labels),
-                                                               conv(R.clamp_min(0))),
-                 lambda v: (math.isnan(v) if not kept else abs(v - sum(w[2] for w in kept) / len(kept)) < 1e-12)
-                 or (_ for _ in ()).throw(AssertionError(f"map_at_r {v}")))
+        for j, fn in enumerate((metrics.precision_at_1, metrics.r_precision, metrics.map_at_r)):
+            def check_one(v, j=j, fn=fn):
+                exp = sum(w[j] for w in kept) / len(kept) if kept else float("nan")
+                assert (math.isnan(v) and math.isnan(exp)) or abs(v - exp) < 1e-12, f"{fn.__name__} {v} vs {exp}"
+            fz.valid(f"#{case} {fn.__name__} K={K}", lambda fn=fn: fn(conv(gallery_labels[ranked]), conv(query_labels),
+                                                                      conv(R.clamp_min(0))), check_one)
         # verification: scores and same pairs
         N = r.choice([2, 5, 40])
         same = torch.rand(N, generator=g) < 0.5
@@ -994,8 +1064,8 @@ def test_metrics_valid_inputs_match_definitions():
         n_folds = r.choice([2, min(10, N)])
         fz.valid(f"#{case} verification_accuracy N={N} folds={n_folds}",
                  lambda: metrics.verification_accuracy(conv(scores), conv(same), n_folds),
-                 lambda out: (0 <= out["accuracy"] <= 1 and math.isfinite(out["threshold"]))
-                 or (_ for _ in ()).throw(AssertionError(f"{out}")))
+                 lambda out: close(torch.tensor(out["accuracy"]), torch.tensor(verification_oracle(scores, same, n_folds)),
+                                   0, 1e-12, "accuracy vs brute force"))
         fprs = (0.0, 0.1, 0.5, 1.0)
 
         def check_tpr(out):
@@ -1005,6 +1075,13 @@ def test_metrics_valid_inputs_match_definitions():
                 exp = max(tp for fp, tp in zip(fpr, tpr) if fp <= t + 1e-12)
                 assert abs(out[t] - exp) < 1e-12, f"tpr at {t}: {out[t]} vs roc_curve {exp}"
         fz.valid(f"#{case} tpr_at_fpr N={N}", lambda: metrics.tpr_at_fpr(conv(scores), conv(same), fprs), check_tpr)
+        P, M = r.choice([2, 5]), r.choice([0, 1, 6])
+        probes, distractors = torch.randn(P, 3, generator=g), torch.randn(M, 3, generator=g)
+        plabels = torch.tensor([0, 0] + [r.randrange(3) for _ in range(P - 2)])
+        fz.valid(f"#{case} identification_with_distractors P={P} M={M}",
+                 lambda: metrics.identification_with_distractors(conv(probes), conv(plabels), conv(distractors)),
+                 lambda v: close(torch.tensor(v), torch.tensor(distractor_oracle(probes, plabels, distractors)), 0, 1e-12,
+                                 "rank-1 rate vs brute force"))
     fz.finish()
 
 
@@ -1073,13 +1150,18 @@ def test_occlude_and_synthfaces_valid_and_bad():
         lm = items["landmarks68"][rows].to(r.choice([torch.float32, torch.float64, torch.int64]))
         kind = r.choice(["none", "mask", "sunglasses", "crop"])
         gen = torch.Generator().manual_seed(case) if r.random() < 0.5 else None
+        off_image = r.random() < 0.15
+        if off_image:                                        # a face mostly outside the image
+            lm = lm + torch.tensor([ds.size * 0.6, 0]).to(lm.dtype)
+        if r.random() < 0.1:
+            images, lm = images[:0], lm[:0]                  # an empty batch
 
         def check(out):
             assert out.shape == images.shape and out.dtype == images.dtype, f"{out.dtype} {tuple(out.shape)}"
             assert_finite(out, "occluded")
             if kind == "none":
                 assert torch.equal(out, images), "kind='none' changed the images"
-            if kind in ("mask", "sunglasses"):
+            if kind in ("mask", "sunglasses") and not off_image:
                 assert bool((out != images).flatten(1).any(1).all()), f"{kind} drew nothing on some face"
         fz.valid(f"#{case} occlude {kind} {tuple(images.shape)} {dtype} landmarks {lm.dtype}",
                  lambda: occlude(images, lm, kind, generator=gen), check)
@@ -1105,6 +1187,8 @@ def test_occlude_and_synthfaces_valid_and_bad():
         fz.valid(f"ds[{index!r}]", lambda index=index: ds[index], check)
     fz.valid("render_batch tensor", lambda: ds.render_batch(torch.tensor([1, 0]), chunk=1),
              lambda out: torch.testing.assert_close(out["image"], items["image"][[1, 0]]))
+    fz.valid("render_batch numpy", lambda: ds.render_batch(np.array([-1, 2, 2])),
+             lambda out: torch.testing.assert_close(out["image"], items["image"][[len(ds) - 1, 2, 2]]))
     for index in (1.5, "1", True, None, torch.tensor(1.0), torch.tensor([1, 2]), np.float64(1)):
         fz.bad(f"ds[{index!r}]", lambda index=index: ds[index], "index")
     for index in (len(ds), -len(ds) - 1, 10**20):

@@ -36,6 +36,8 @@ def as_int_tensor(name, value):
         t = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{name} must be integers (a tensor, array or list), got {_kind(value)}") from e
+    if not t.numel() and not isinstance(value, (torch.Tensor, np.ndarray)):
+        return t.long()   # empty lists: torch.as_tensor makes them float32
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer labels or indices, got {t.dtype}")
     return t.long()

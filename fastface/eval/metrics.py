@@ -46,12 +46,13 @@ def _per_query(rel, R):
 
 
 def precision_at_1(ranked, query_labels, n_relevant=None):
-    """Return the fraction of queries whose first retrieved item shares their label."""
+    """Return the fraction of queries whose first retrieved item shares their label (none
+    retrieved, K = 0: a miss, as every rank past K)."""
     rel = _relevance(ranked, query_labels)
     keep = torch.ones(rel.shape[0], dtype=torch.bool) if n_relevant is None else _valid(n_relevant, rel.shape[0])[1]
-    if rel.shape[1] == 0 or not bool(keep.any()):
+    if not bool(keep.any()):
         return float("nan")
-    return rel[keep, 0].float().mean().item()
+    return _per_query(rel, torch.ones(rel.shape[0], dtype=torch.int64))[0][keep].mean().item()
 
 
 def r_precision(ranked, query_labels, n_relevant):
@@ -211,6 +212,8 @@ def feature_rows(name, t, dim):
         raise TypeError(f"{name} must be real numbers (a tensor, array or list), got {type(t).__name__}") from e
     if t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
+    if t.dim() == 1 and t.numel() == 0:   # an empty list: no rows
+        t = t.reshape(0, dim)
     if t.dim() != 2 or t.shape[1] != dim:
         raise ValueError(f"{name} must have shape (N, {dim}), got {tuple(t.shape)}")
     return t

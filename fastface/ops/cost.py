@@ -4,7 +4,7 @@ import math
 import torch
 
 from .. import _backend as be
-from .._checks import check_patch_pair
+from .._checks import check_bool, check_patch_pair
 from ..reference import patch_cost_ref
 
 
@@ -37,7 +37,7 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
     Accumulates in float32 (float64 for float64 inputs); zero-norm patches have cost 1.
     Differentiable (through the pure-PyTorch twin when gradients are needed).
     """
-    check_patch_pair(x, y, finite=check_finite, empty_sets=True)
+    check_patch_pair(x, y, finite=check_bool("check_finite", check_finite), empty_sets=True)
     impl = be.resolve_impl(impl, x.device)
     if impl == "torch" or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
         return patch_cost_ref(x, y)

@@ -3,7 +3,7 @@ exists (fastface/ops/emd_pairs.py: the fused kernels and when they apply)."""
 import torch
 
 from .. import _backend as be
-from .._checks import check_patch_pair, check_solver_args
+from .._checks import check_bool, check_patch_pair, check_solver_args
 from ..reference import accumulation_dtype, patch_weights_ref
 from ..reference.sinkhorn import OFFICIAL
 from .cost import flatten_pairs, patch_cost
@@ -20,6 +20,7 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     Differentiable with respect to x and y (and the embeddings / weights they induce).
     """
     check_solver_args(eps, max_iter, tol, mode)
+    check_bool("return_plan", return_plan)
     check_patch_pair(x, y)
     validate_weighting(weighting, x, y, x_embedding, y_embedding, x_landmarks, y_landmarks, grid)
     if x.dtype != y.dtype:  # mixed dtypes: both to float64 if either is, else float32

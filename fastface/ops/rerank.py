@@ -11,7 +11,7 @@ from ..reference import accumulation_dtype, in_full_fp32, patch_weights_ref, uni
 from .cost import patch_cost
 from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, sinkhorn
-from .weights import validate_weighting
+from .weights import check_grid, validate_weighting
 
 
 class Faces:
@@ -26,6 +26,7 @@ class Faces:
     """
 
     def __init__(self, embeddings, patches, landmarks=None, grid=None, *, lay_out=True):
+        check_bool("lay_out", lay_out)
         check_tensor("embeddings", embeddings, ndim=(1, 2), finite=False)
         check_tensor("patches", patches, ndim=(2, 3, 4), finite=False)
         self.single = embeddings.dim() == 1
@@ -48,6 +49,8 @@ class Faces:
                              "as (n, N, C)")
         if patches.shape[2] == 0:
             raise ValueError(f"patches must have at least one channel, got {tuple(patches.shape)} as (n, N, C)")
+        if grid is not None:
+            grid = check_grid(grid, patches=patches.shape[1])
         if patches.shape[0] != embeddings.shape[0]:
             raise ValueError(f"embeddings and patches must describe the same faces: {embeddings.shape[0]} "
                              f"embeddings vs {patches.shape[0]} patch sets")

@@ -5,8 +5,8 @@ from typing import Optional
 import torch
 
 from .. import _backend as be
-from .._checks import (SINKHORN_MODES, check_int, check_same_device, check_solver_args, check_tensor,
-                       check_weights, float_dtype_of)
+from .._checks import (SINKHORN_MODES, check_bool, check_int, check_same_device, check_solver_args,
+                       check_tensor, check_weights, float_dtype_of)
 from ..reference import sinkhorn_ref
 from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, reduce_cost
 from .kernel_limits import cuda_sinkhorn_needs_plan
@@ -162,6 +162,8 @@ def sinkhorn(cost, a=None, b=None, *, eps=0.05, max_iter=100, tol=1e-6, return_p
     Every problem stops on its own (except in official mode), at tol or max_iter.
     """
     check_solver_args(eps, max_iter, tol, mode)
+    check_bool("return_plan", return_plan)
+    check_bool("check_finite", check_finite)
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
     check_tensor("cost", cost, min_ndim=2, finite=check_finite)

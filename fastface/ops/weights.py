@@ -1,7 +1,7 @@
 """Patch weights of DeepFace-EMD: uniform, APC, SC, CC, LMK."""
 import torch
 
-from .._checks import check_broadcast, check_patch_pair, check_same_device, check_tensor
+from .._checks import check_bool, check_broadcast, check_patch_pair, check_same_device, check_tensor
 from ..reference import WEIGHTINGS, patch_weights_ref
 from ..reference.weights import square_grid
 
@@ -37,18 +37,23 @@ def validate_weighting(method, x, y, x_embedding, y_embedding, x_landmarks, y_la
         check_same_device(x=x, x_landmarks=x_landmarks, y_landmarks=y_landmarks)
         batches.update(x_landmarks=x_landmarks.shape[:-2], y_landmarks=y_landmarks.shape[:-2])
         if grid is not None:
-            if not (isinstance(grid, (tuple, list)) and len(grid) == 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid)):
-                raise ValueError(f"grid must be a pair of ints (H, W) >= 1, got {grid!r}")
-            for name, count in (("x", x.shape[-2]), ("y", y.shape[-2])):
-                if grid[0] * grid[1] != count:
-                    raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} cells but {name} has "
-                                     f"{count} patches")
+            check_grid(grid, x=x.shape[-2], y=y.shape[-2])
         else:
             square_grid(x.shape[-2])
             square_grid(y.shape[-2])
     if paired:
         check_broadcast(**batches)
+
+
+def check_grid(grid, **counts):
+    """Check that grid is a pair of ints (H, W) >= 1 with H * W cells for each named patch count."""
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in grid)):
+        raise ValueError(f"grid must be a pair of ints (H, W) >= 1, got {grid!r}")
+    for name, count in counts.items():
+        if grid[0] * grid[1] != count:
+            raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} cells but {name} has {count} patches")
+    return tuple(grid)
 
 
 def patch_weights(x, y, method="apc", *, x_embedding=None, y_embedding=None, x_landmarks=None,
@@ -62,6 +67,8 @@ def patch_weights(x, y, method="apc", *, x_embedding=None, y_embedding=None, x_l
     A side whose scores are all zero becomes uniform; return_fallback=True also returns a bool
     (...,) flag per pair. official=True uses the code's relu(s) / (sum + 1e-7), no fallback.
     """
+    check_bool("official", official)
+    check_bool("return_fallback", return_fallback)
     check_patch_pair(x, y)
     validate_weighting(method, x, y, x_embedding, y_embedding, x_landmarks, y_landmarks, grid)
     wx, wy, fell = patch_weights_ref(x, y, method, x_embedding=x_embedding, y_embedding=y_embedding,
