@@ -621,6 +621,70 @@ def test_emd_bad_solver_arguments_name_the_argument():
     fz.finish()
 
 
+def test_kernel_block_boundaries_agree_across_impls():
+    """Sizes around the kernels' tiles and register / shared-memory paths (n, m near 64 and 128)."""
+    r, g = rng_for("boundaries")
+    fz = Fuzz("block boundaries")
+    for case, (n, m, C) in enumerate([(63, 1, 3), (64, 65, 1), (65, 64, 17), (1, 129, 5), (128, 2, 33),
+                                      (129, 130, 2)]):
+        x = torch.randn(2, n, C, generator=g)
+        y = torch.randn(2, m, C, generator=g)
+        weighting = r.choice(["uniform", "apc", "sc"])
+        label = f"#{case} n={n} m={m} C={C} {weighting}"
+        out = {}
+        for impl in ("cpu", "torch"):
+            out[impl] = fz.valid(f"{label} impl={impl}", lambda impl=impl: (
+                ff.patch_cost(x, y, impl=impl),
+                ff.emd(x, y, weighting=weighting, impl=impl, max_iter=10, return_plan=True),
+                ff.sinkhorn(torch.rand(3, n, m, generator=torch.Generator().manual_seed(case)), impl=impl,
+                            max_iter=10, return_plan=True)))
+        if out["cpu"] is not None and out["torch"] is not None:
+            try:
+                (cc, ec, sc), (ct, et, st) = out["cpu"], out["torch"]
+                close(cc, ct, 0, 2e-6, "patch_cost")
+                close(ec.distance, et.distance, 2e-4, 2e-4, "emd")
+                close(ec.plan, et.plan, 2e-4, 2e-5, "emd plan")
+                close(sc.distance, st.distance, 2e-4, 2e-4, "sinkhorn")
+                close(sc.plan, st.plan, 2e-4, 2e-5, "sinkhorn plan")
+            except AssertionError as exc:
+                fz.fail(label, str(exc)[:400])
+    fz.finish()
+
+
+def test_concurrent_calls_match_sequential_ones():
+    """The C++ kernels release the GIL: calls from several Python threads at once give the results
+    of the same calls one after another (no shared scratch, no uninitialised state)."""
+    from concurrent.futures import ThreadPoolExecutor
+    r, g = rng_for("threads")
+    fz = Fuzz("threads")
+    jobs = []
+    for case in range(24):
+        n, m, C = r.choice([1, 5, 70]), r.choice([2, 9, 66]), r.choice([3, 16])
+        x, y = torch.randn(r.choice([1, 6]), n, C, generator=g), torch.randn(1, m, C, generator=g)
+        mode, max_iter = r.choice(["auto", "kernel", "log"]), r.choice([1, 2, 40])
+        gal = (torch.randn(9, 4, generator=g), torch.randn(9, m, C, generator=g))
+        qry = (torch.randn(2, 4, generator=g), torch.randn(2, n, C, generator=g))
+        kind = r.choice(["emd", "sinkhorn", "rerank"])
+        if kind == "emd":
+            jobs.append((f"#{case} emd {tuple(x.shape)} {mode} {max_iter}",
+                         lambda x=x, y=y, mode=mode, it=max_iter: ff.emd(x, y, mode=mode, max_iter=it, impl="cpu")))
+        elif kind == "sinkhorn":
+            cost = torch.rand(4, n, m, generator=g)
+            jobs.append((f"#{case} sinkhorn {n}x{m} {mode} {max_iter}",
+                         lambda c=cost, mode=mode, it=max_iter: ff.sinkhorn(c, mode=mode, max_iter=it, impl="cpu").distance))
+        else:
+            jobs.append((f"#{case} emd_rerank n={n} m={m} {mode} {max_iter}",
+                         lambda q=qry, gg=gal, mode=mode, it=max_iter: ff.emd_rerank(q, gg, k=5, mode=mode, max_iter=it,
+                                                                                    impl="cpu").emd))
+    sequential = [fn() for _, fn in jobs]
+    for repeat in range(2):
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(fn) for _, fn in jobs]
+        for (label, _), want, fut in zip(jobs, sequential, futures):
+            fz.valid(f"{label} thread run {repeat}", fut.result, lambda got, want=want: close(got, want, 0, 0, "threaded vs sequential"))
+    fz.finish()
+
+
 def test_triton_interpreter_agrees_on_a_few_small_cases():
     if not be.triton_usable(torch.device("cpu")):
         pytest.skip("triton not installed (or a GPU machine: covered by the triton tests)")
