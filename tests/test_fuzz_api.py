@@ -965,15 +965,6 @@ def test_fused_generator_valid_modules_agree_across_impls():
         mdtype = r.choice([torch.float32, torch.float32, torch.float64, torch.float16, torch.bfloat16])
         module = module.to(mdtype)
         verify = r.choice(["auto", True, False])
-        try:   # verify probes a 1x1 plane: a module that needs a larger one asks for verify=False
-            copy.deepcopy(module).double()(torch.zeros(1, cin, 1, 1, dtype=torch.float64))
-            probe_ok = True
-        except RuntimeError:
-            probe_ok = False
-        if verify is True and not probe_ok:
-            fz.bad(f"#{case} from_module verify=True, 1x1 plane too small {module}",
-                   lambda: ff.FusedGenerator.from_module(module, verify=True), "verify=False")
-            verify = False
         fg = fz.valid(f"#{case} from_module {mdtype} verify={verify} {module}",
                       lambda: ff.FusedGenerator.from_module(module, verify=verify))
         if fg is None:

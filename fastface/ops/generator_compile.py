@@ -191,8 +191,9 @@ def verify_chain(fg, module):
     reference = copy.deepcopy(module).to(torch.float64)
     layers = [L.to(device) for L in fg.layers]
     C = fg.in_channels
+    # a 1x1 plane first; an 8x8 one for modules whose padding needs a larger input plane
     shapes = [(2, fg.input_shape[0] * fg.input_shape[1] * fg.input_shape[2])] \
-        if fg.input_shape else [(2, C, 1, 1), (2, C)]
+        if fg.input_shape else [(2, C, 1, 1), (2, C)] + ([] if fg.normalize_input else [(2, C, 8, 8)])
     gen = torch.Generator().manual_seed(0)
     errors = []
     for shape in shapes:
