@@ -7,7 +7,8 @@ Properties, for every call:
 3. valid inputs give finite results, the C++ kernels (impl="cpu") agree with the PyTorch twin
    (impl="torch") within the dtype's tolerance, and adding a constant to a Sinkhorn cost adds it
    to the distance and changes neither the plan nor the gradient.
-Each test collects all its failures, so one run lists every defect class it hits.
+Each test collects all its failures, so one run lists every defect class it hits; `pytest -s`
+prints the cases run per API (about 2,270 valid + 910 bad inputs in all).
 """
 import copy
 import faulthandler
