@@ -200,3 +200,25 @@ def test_finite_check_works_in_chunks(monkeypatch):
     t[40, 3, 1] = float("nan")
     with pytest.raises(ValueError, match="patches contains NaN or inf"):
         check_all_finite("patches", t, chunk_elements=200)
+
+
+def test_tuple_gallery_checks_only_the_candidates_patches(gen):
+    # A one-off (embeddings, patches) tuple is not scanned whole per call (a 10,000-face gallery
+    # read 1.3 GB); the patches of the stage-1 candidates are, so a NaN there still raises.
+    G, k = 30, 4
+    emb = torch.randn(G, 16, generator=gen)
+    maps = torch.randn(G, 8, 3, 3, generator=gen)                     # (G, C, H, W)
+    q = (emb[:2] + 0.01 * torch.randn(2, 16, generator=gen), maps[:2])
+    clean = ff.emd_rerank(q, (emb, maps), k=k, impl="cpu")
+    used = set(clean.indices.flatten().tolist())
+    unused = next(i for i in range(G) if i not in used)
+    bad = maps.clone()
+    bad[unused, 0, 1, 1] = float("nan")
+    res = ff.emd_rerank(q, (emb, bad), k=k, impl="cpu")               # the NaN row is never used
+    torch.testing.assert_close(res.distance, clean.distance)
+    assert torch.equal(res.indices, clean.indices)
+    bad[next(iter(used)), 2, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="gallery patches .* NaN or inf"):
+        ff.emd_rerank(q, (emb, bad), k=k, impl="cpu")
+    with pytest.raises(ValueError, match="patches contains NaN or inf"):
+        ff.Faces(emb, bad)                                            # a built Faces checks everything

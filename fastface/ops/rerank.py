@@ -25,7 +25,8 @@ class Faces:
     a view (what emd_rerank does with a one-off tuple: it gathers only the k candidates per query).
     """
 
-    def __init__(self, embeddings, patches, landmarks=None, grid=None, *, lay_out=True):
+    def __init__(self, embeddings, patches, landmarks=None, grid=None, *, lay_out=True,
+                 _defer_patch_check=False):
         check_bool("lay_out", lay_out)
         check_tensor("embeddings", embeddings, ndim=(1, 2), finite=False)
         check_tensor("patches", patches, ndim=(2, 3, 4), finite=False)
@@ -63,7 +64,9 @@ class Faces:
         if lay_out:  # once per Faces: the kernels then gather candidate rows in place
             patches = patches.contiguous()
         check_all_finite("embeddings", embeddings)
-        check_all_finite("patches", patches)
+        if not _defer_patch_check:
+            check_all_finite("patches", patches)
+        self.patches_checked = not _defer_patch_check  # else emd_rerank checks the candidates it uses
         self.embeddings = embeddings             # (n, D)
         self.patches = patches                   # (n, N, C), contiguous unless lay_out=False
         self.landmarks = landmarks               # (n, L, 2) or None
@@ -77,13 +80,18 @@ class Faces:
         return self.embeddings.device
 
 
-def as_faces(name, value):
+def as_faces(name, value, defer_patch_check=False):
+    """A Faces from value (a Faces, or an (embeddings, patches[, landmarks]) tuple for one call).
+
+    defer_patch_check: a tuple's patches are not scanned for NaN/inf here; the caller checks the
+    rows it uses (emd_rerank: the stage-1 candidates), so one call does not read the whole gallery.
+    """
     if isinstance(value, Faces):
         return value
     if isinstance(value, (tuple, list)) and len(value) in (2, 3):
         try:
             # one call: no copy of the whole set; the candidates are gathered per query
-            return Faces(*value, lay_out=False)
+            return Faces(*value, lay_out=False, _defer_patch_check=defer_patch_check)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
     raise TypeError(f"{name} must be a Faces or an (embeddings, patches) tuple, got {type(value).__name__}")
@@ -164,7 +172,7 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         check_bool(name, flag)
     check_number("alpha", alpha, lo=0, hi=1)
     q = as_faces("query", query)
-    g = as_faces("gallery", gallery)
+    g = as_faces("gallery", gallery, defer_patch_check=True)
     if len(g) == 0:
         raise ValueError("gallery is empty")
     if len(q) == 0:
@@ -195,6 +203,12 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
 
     with torch.no_grad():
         cos, idx = topk_cosine(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
+        def candidates(rows):  # (len(rows), m, C) gallery patches; a one-off tuple's checked here
+            cand = g.patches.index_select(0, rows)
+            if not g.patches_checked:
+                check_all_finite("gallery patches (of the stage-1 candidates)", cand)
+            return cand
+
         B, n, C = q.patches.shape
         m = g.patches.shape[1]
         xq = q.patches
@@ -205,17 +219,19 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
             xq = xq.to(dt).contiguous()
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
+                if not g.patches_checked:
+                    candidates(idx.reshape(-1).unique())
                 out = emd_pairs(xq, gp, idx, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             else:  # gather only the candidates, then convert
-                cand = gp.index_select(0, idx.reshape(-1)).to(dt).contiguous()
+                cand = candidates(idx.reshape(-1)).to(dt).contiguous()
                 out = emd_pairs(xq, cand, None, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             emd_v, flows = out["emd"].reshape(B, k), out["flows"]
             n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)
             n_fallback = int(out["fallback"].sum())
         else:
-            cand = g.patches.index_select(0, idx.reshape(-1)).reshape(B, k, m, C)
+            cand = candidates(idx.reshape(-1)).reshape(B, k, m, C)
             xb = xq.unsqueeze(1)                                                 # (B, 1, n, C)
             cost = patch_cost(xb, cand, impl=impl, check_finite=False)          # (B, k, n, m)
             ex = q.embeddings.unsqueeze(1)
