@@ -10,8 +10,6 @@ Timing means nothing here; on a GPU the same paths run for real in tests/test_si
 import ctypes
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +18,8 @@ from torch.testing import assert_close
 from fastface import _backend as be
 from fastface.reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL
 
-ROOT = Path(__file__).resolve().parent.parent
-EMU = ROOT / "tests" / "cuda_emu"
+from cuda_emu.harness import EmulatorCopy, build_emulator
+
 ENV_KEYS = ("FF_EMU_SMEM_OPTIN", "FF_EMU_SMS", "FF_EMU_BLOCKS_PER_SM")
 UNIFORM, APC, SC = 0, 1, 2
 
@@ -30,29 +28,11 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not fou
 
 @pytest.fixture(scope="module")
 def emu_so(tmp_path_factory):
-    """Build the emulator library once per run (a compile error fails the tests)."""
-    out = tmp_path_factory.mktemp("cuda_emu_emd") / "libffemu_emd.so"
-    # -fno-gnu-unique: each loaded copy keeps its own statics (opt-in flags, counters).
-    cmd = ["g++", "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-fno-gnu-unique", "-Wall",
-           "-Wno-unknown-pragmas", "-DFASTFACE_CUDA_EMULATION", f"-I{EMU / 'include'}", str(EMU / "emu_emd.cpp"),
-           "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return out
+    return build_emulator(tmp_path_factory, "emu_emd.cpp", "ffemu_emd")
 
 
-class Emulator:
+class Emulator(EmulatorCopy):
     """The emulated CUDA launchers with fresh static state (attribute flags) per instance."""
-
-    count = 0
-
-    def __init__(self, so, **env):
-        Emulator.count += 1
-        path = so.with_name(f"libffemu_emd_{Emulator.count}.so")
-        shutil.copy(so, path)
-        self.lib = ctypes.CDLL(str(path))
-        self.lib.ff_emu_error.restype = ctypes.c_char_p
-        self.env = {k: str(v) for k, v in env.items()}
 
     def query(self, name, *args):
         """Return ff_emu_<name>(*args) (an int64) under this instance's device properties."""

@@ -9,8 +9,6 @@ Timing means nothing here; on a GPU the same paths run for real in tests/test_ge
 import ctypes
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +18,8 @@ import fastface as ff
 from fastface.models.r3an import Generator as R3ANGenerator
 from fastface.ops.generator import CUDA_PATHS
 
-ROOT = Path(__file__).resolve().parent.parent
-EMU = ROOT / "tests" / "cuda_emu"
+from cuda_emu.harness import EmulatorCopy, build_emulator
+
 CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 ENV_KEYS = ("FF_EMU_CC_MAJOR", "FF_EMU_SMS", "FF_EMU_SMEM_OPTIN", "FF_EMU_MAX_CLUSTER", "FF_EMU_ACTIVE_CLUSTERS")
 
@@ -30,32 +28,18 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not fou
 
 @pytest.fixture(scope="module")
 def emu_so(tmp_path_factory):
-    """Build the emulator library once per run (a compile error fails the tests)."""
-    out = tmp_path_factory.mktemp("cuda_emu") / "libffemu.so"
-    cmd = ["g++", "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
-           "-DFASTFACE_CUDA_EMULATION", f"-I{EMU / 'include'}", str(EMU / "emu_conv_transpose.cpp"),
-           "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return out
+    return build_emulator(tmp_path_factory, "emu_conv_transpose.cpp", "ffemu")
 
 
-class Emulator:
+class Emulator(EmulatorCopy):
     """The emulated launchers with fresh static state (cluster-size cache) per instance."""
 
-    count = 0
-
     def __init__(self, so, **env):
-        Emulator.count += 1
-        path = so.with_name(f"libffemu_{Emulator.count}.so")
-        shutil.copy(so, path)
-        self.lib = ctypes.CDLL(str(path))
-        self.lib.ff_emu_error.restype = ctypes.c_char_p
+        super().__init__(so, **env)
         self.lib.ff_emu_workspace.restype = ctypes.c_longlong
         self.lib.ff_emu_workspace.argtypes = [ctypes.c_longlong, ctypes.c_void_p] + [ctypes.c_int] * 4
         self.lib.ff_emu_chain.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_void_p] + \
             [ctypes.c_int] * 4 + [ctypes.c_void_p, ctypes.c_longlong]
-        self.env = {k: str(v) for k, v in env.items()}
 
     def __call__(self, fg, z, path="auto", dtype=torch.float32):
         """Return (out, workspace bytes) of the CUDA launchers for fg(z), on host memory."""
