@@ -8,7 +8,6 @@ buffer, official mode, fp16 input, n or m > 64, n = m = 1, zero weights) runs wh
 Timing means nothing here; on a GPU the same paths run for real in tests/test_sinkhorn.py.
 """
 import ctypes
-import os
 import shutil
 
 import pytest
@@ -20,7 +19,6 @@ from fastface.reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL
 
 from cuda_emu.harness import EmulatorCopy, build_emulator
 
-ENV_KEYS = ("FF_EMU_SMEM_OPTIN", "FF_EMU_SMS", "FF_EMU_BLOCKS_PER_SM")
 UNIFORM, APC, SC = 0, 1, 2
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found (host CUDA emulator)")
@@ -40,9 +38,7 @@ class Emulator(EmulatorCopy):
 
     def call(self, name, *args, check=True):
         """Run ff_emu_<name>(*args) under this instance's device properties; ValueError on failure."""
-        saved = {k: os.environ.get(k) for k in ENV_KEYS}
-        os.environ.update(self.env)
-        try:
+        with self.device_properties():
             conv = [ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]  # int64_t in C
             fn = getattr(self.lib, f"ff_emu_{name}")
             fn.argtypes = [type(c) for c in conv]
@@ -51,12 +47,6 @@ class Emulator(EmulatorCopy):
             if (check and ret != 0) or ret == -1:
                 raise ValueError(self.lib.ff_emu_error().decode())
             return ret
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def run_sinkhorn(fn, cost, a, b, eps, max_iter, tol, mode, group=1, want_plan=True, want_fg=True):

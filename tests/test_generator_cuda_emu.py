@@ -7,7 +7,6 @@ all-gather, path choice and fallbacks are checked against the twin where no GPU 
 Timing means nothing here; on a GPU the same paths run for real in tests/test_generator.py.
 """
 import ctypes
-import os
 import shutil
 
 import pytest
@@ -21,7 +20,6 @@ from fastface.ops.generator import CUDA_PATHS
 from cuda_emu.harness import EmulatorCopy, build_emulator
 
 CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-ENV_KEYS = ("FF_EMU_CC_MAJOR", "FF_EMU_SMS", "FF_EMU_SMEM_OPTIN", "FF_EMU_MAX_CLUSTER", "FF_EMU_ACTIVE_CLUSTERS")
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found (host CUDA emulator)")
 
@@ -43,9 +41,7 @@ class Emulator(EmulatorCopy):
 
     def __call__(self, fg, z, path="auto", dtype=torch.float32):
         """Return (out, workspace bytes) of the CUDA launchers for fg(z), on host memory."""
-        saved = {k: os.environ.get(k) for k in ENV_KEYS}
-        os.environ.update(self.env)
-        try:
+        with self.device_properties():
             x = fg._input(z).to(dtype).contiguous()
             B, _, H, W = x.shape
             C, Ho, Wo = fg.output_shape(H, W)
@@ -59,12 +55,6 @@ class Emulator(EmulatorCopy):
             if self.lib.ff_emu_chain(x.data_ptr(), out.data_ptr(), B, *args, ws.data_ptr(), n) != 0:
                 raise ValueError(self.lib.ff_emu_error().decode())
             return out, n
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def randomize_(module, gen):

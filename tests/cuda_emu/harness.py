@@ -1,5 +1,7 @@
 """Shared by the CUDA-emulator tests: build a tests/cuda_emu source with g++ once, load fresh copies."""
+import contextlib
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,3 +33,18 @@ class EmulatorCopy:
         self.lib = ctypes.CDLL(str(path))
         self.lib.ff_emu_error.restype = ctypes.c_char_p
         self.env = {k: str(v) for k, v in env.items()}
+
+    @contextlib.contextmanager
+    def device_properties(self):
+        """The block runs with this copy's FF_EMU_* device properties in the environment; the
+        caller's FF_EMU_* values are restored after."""
+        saved = {k: v for k, v in os.environ.items() if k.startswith("FF_EMU_")}
+        for k in saved:
+            del os.environ[k]
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k in [k for k in os.environ if k.startswith("FF_EMU_")]:
+                del os.environ[k]
+            os.environ.update(saved)
