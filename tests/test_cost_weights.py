@@ -263,5 +263,12 @@ def test_full_fp32_sets_ieee_inside_and_restores():
             with full_fp32():
                 raise KeyError("boom")
         assert _precisions() == outside
+        # the legacy flags (cuDNN allows TF32 by default) read the same after a twin ran
+        legacy = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with full_fp32():
+            assert set(_precisions().values()) == {"ieee"}
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
     finally:
         torch.set_float32_matmul_precision(before)
