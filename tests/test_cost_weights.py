@@ -211,6 +211,7 @@ def _precisions():
 
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
                     reason="torch without the fp32_precision API")
+@pytest.mark.own_precision_flags
 def test_twins_run_in_full_fp32_whatever_the_global_flags(gen, monkeypatch):
     # TF32 (CUDA) / bf16 (oneDNN on CPUs with bf16) matmuls under set_float32_matmul_precision
     # changed the twins' results by ~1e-4 before exp(-C/eps); the twins turn them off and restore them.
@@ -248,6 +249,7 @@ def test_twins_run_in_full_fp32_whatever_the_global_flags(gen, monkeypatch):
         torch.set_float32_matmul_precision(before)
 
 
+@pytest.mark.own_precision_flags
 def test_full_fp32_sets_ieee_inside_and_restores():
     from fastface.reference import full_fp32
     if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
