@@ -1,4 +1,7 @@
 """Input validation: one place, before any kernel runs. Errors name the argument, expected, actual."""
+import numbers
+
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -62,12 +65,21 @@ def check_number(name, value, *, lo=None, lo_inclusive=True, hi=None):
 
 
 def check_int(name, value, *, lo=1, hi=MAX_ITER_LIMIT):
-    """Check that value is an int (not a bool) in [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value}" if hi is not None
-                         else f"{name} must be an int >= {lo}, got {value}")
+    """Check that value is an integer in [lo, hi] (None: unbounded); return it as an int.
+
+    Python and NumPy ints and 0-d integer tensors are accepted; bools and floats are not.
+    """
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        shown = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) \
+            else f"{type(value).__name__} {value!r}"
+        raise TypeError(f"{name} must be an int, got {shown}")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an int in [{'-inf' if lo is None else lo}, "
+                         f"{'inf' if hi is None else hi}], got {value}")
     return value
 
 
@@ -111,12 +123,6 @@ def check_weights(name, w, shape, normalise=True):
         raise ValueError(f"{name} must have a positive sum in every problem; some rows sum to 0")
     # Weights not summing to 1 are rescaled (documented): EMD compares distributions.
     return w / total if normalise else w
-
-
-def float_dtype_of(*tensors):
-    """Return float64 if any input is float64, else float32 (the accumulation type)."""
-    from .reference.cost import accumulation_dtype
-    return accumulation_dtype(*tensors)
 
 
 def check_patch_pair(x, y, *, finite=True, empty_sets=False):

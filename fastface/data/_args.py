@@ -7,6 +7,8 @@ import numbers
 import numpy as np
 import torch
 
+from .._checks import check_int
+
 
 def _kind(value):
     if isinstance(value, torch.Tensor):
@@ -17,17 +19,7 @@ def _kind(value):
 def as_int(name, value, *, min_value=None, max_value=None):
     """value: a Python/numpy int or a 0-d integer tensor (not bool, not float) -> int within
     [min_value, max_value] (None: unbounded)."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_floating_point \
-            and not value.dtype.is_complex and value.dtype != torch.bool:
-        value = int(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {_kind(value)}")
-    value = int(value)
-    if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
-        lo = "-inf" if min_value is None else min_value
-        hi = "inf" if max_value is None else max_value
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value}")
-    return value
+    return check_int(name, value, lo=min_value, hi=max_value)
 
 
 def as_int_tensor(name, value):

@@ -11,6 +11,7 @@ from .emd_pairs import FUSED_WEIGHTINGS, emd_pairs, fused_ok
 from .sinkhorn import MODES, SinkhornResult, sinkhorn
 from .weights import validate_weighting
 
+
 def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto", impl="auto",
         x_embedding=None, y_embedding=None, x_landmarks=None, y_landmarks=None, grid=None,
         return_plan=False):

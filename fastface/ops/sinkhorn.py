@@ -6,8 +6,8 @@ import torch
 
 from .. import _backend as be
 from .._checks import (SINKHORN_MODES, check_bool, check_int, check_same_device, check_solver_args,
-                       check_tensor, check_weights, float_dtype_of)
-from ..reference import sinkhorn_ref
+                       check_tensor, check_weights)
+from ..reference import accumulation_dtype, sinkhorn_ref
 from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, reduce_cost
 from .kernel_limits import cuda_sinkhorn_needs_plan
 
@@ -176,7 +176,7 @@ def sinkhorn(cost, a=None, b=None, *, eps=0.05, max_iter=100, tol=1e-6, return_p
             check_same_device(cost=cost, **{name: w})
             if tuple(w.shape) != (*batch, size):
                 raise ValueError(f"{name} must have shape {(*batch, size)}, got {tuple(w.shape)}")
-    dt = float_dtype_of(cost, a, b)          # float64 if any input is, else float32
+    dt = accumulation_dtype(cost, a, b)          # float64 if any input is, else float32
     official = mode == "official"
     group = 1
     if official:
