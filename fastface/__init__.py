@@ -2,6 +2,7 @@
 __version__ = "0.1.0"
 
 from ._backend import backend_info
+from .models.serialization import load
 from .ops.cost import patch_cost
 from .ops.emd import emd
 from .ops.generator import FusedGenerator
@@ -11,4 +12,4 @@ from .ops.weights import patch_weights
 
 __all__ = ["__version__", "backend_info", "sinkhorn", "SinkhornResult", "patch_cost",
            "patch_weights", "emd", "Faces", "emd_rerank", "RerankResult", "stage1_topk",
-           "FusedGenerator"]
+           "FusedGenerator", "load"]

@@ -28,35 +28,63 @@ def cmd_info(args):
 def cmd_train(args):
     import logging
 
-    from .train import BackboneConfig, train_backbone
+    from .train import TRAINERS, fit
+    from .train.distributed import teardown
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.model == "r3an":
-        return _train_r3an(args)
-    if args.model != "backbone":
-        print(f"fastface train {args.model}: not implemented yet (see the issues); available: backbone",
-              file=sys.stderr)
+    trainer_cls = TRAINERS[args.model]
+    try:
+        overrides = trainer_cls.Config.parse_overrides(args.set)
+        if args.steps is not None:
+            overrides["max_steps"] = args.steps
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        cfg = (trainer_cls.Config.from_file(args.config, **overrides) if args.config
+               else trainer_cls.Config.from_dict(overrides, source="--set"))
+        trainer = fit(trainer_cls, cfg, args.out, device=args.device, workers=args.workers, progress=not args.quiet)
+    except (ValueError, TypeError) as e:   # bad arguments, config or data: one line, no traceback
+        print(f"fastface train {args.model}: error: {e}", file=sys.stderr)
+        teardown()
         return 2
-    overrides = {k: v for k, v in (("data", args.data), ("epochs", args.epochs), ("max_steps", args.steps),
-                                   ("batch_size", args.batch_size)) if v is not None}
-    cfg = BackboneConfig.from_file(args.config, **overrides) if args.config else BackboneConfig(**overrides)
-    out = train_backbone(cfg, args.out, device=_device(args.device))
-    print(f"trained {out['step']} steps; checkpoint {args.out}/last.pt, log {args.out}/log.jsonl")
+    if trainer.run.is_main:
+        done = trainer.run.step >= trainer.run.total
+        print(f"trained {trainer.run.step} of {trainer.run.total} steps; checkpoint {args.out}/last.pt, log "
+              f"{args.out}/log.jsonl{f', model {args.out}/model.pt' if done else ''}")
+    teardown()
     return 0
 
 
-def _train_r3an(args):
-    from .train.r3an import R3ANConfig, train_r3an
-    overrides = {k: v for k, v in (("data", args.data), ("epochs", args.epochs), ("max_steps", args.steps),
-                                   ("batch_size", args.batch_size), ("source", args.source),
-                                   ("target", args.target)) if v is not None}
-    cfg = R3ANConfig.from_file(args.config, **overrides) if args.config else R3ANConfig(**overrides)
-    out = train_r3an(cfg, args.out, device=_device(args.device))
-    print(f"trained {out['step']} steps; checkpoint {args.out}/last.pt, log {args.out}/log.jsonl")
-    return 0
+def _train_parsers(sub):
+    """`fastface train MODEL`, one sub-command per implemented trainer; --help lists its config fields."""
+    import argparse
+
+    from .train import TRAINERS
+    p = sub.add_parser("train", help=f"train a model ({', '.join(TRAINERS)}); also under torchrun -m fastface",
+                       description="Train on the shared loop: rerunning the same command resumes from OUT/last.pt; "
+                                   "the run ends with OUT/model.pt (fastface.load). Multi-GPU / multi-node: "
+                                   "torchrun --nproc_per_node N -m fastface train MODEL ... (batch_size is per "
+                                   "process; the global batch is batch_size x processes).")
+    models = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    for name, cls in TRAINERS.items():
+        doc = (cls.Config.__doc__ or "").strip()
+        q = models.add_parser(name, help=f"train {name}", formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=doc, epilog="config fields (--set KEY=VALUE):\n" + cls.Config.help_text())
+        q.add_argument("--config", help="JSON file of config fields" +
+                       (" (or a packaged name: fc, arch1..arch7, r3an)" if name == "r3an" else ""))
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field (repeatable; typed; see the list below)")
+        q.add_argument("--out", required=True, help="output folder: last.pt, log.jsonl, model.pt; reruns resume")
+        q.add_argument("--steps", type=int, help="stop after this many steps (config max_steps)")
+        q.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; under torchrun "
+                                        "cuda:LOCAL_RANK)")
+        q.add_argument("--seed", type=int, help="config seed")
+        q.add_argument("--workers", type=int, help="data-loader worker processes per process (default: from the "
+                                                   "CPU count)")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
 
 def cmd_transform(args):
-    from .train.r3an import transform_file
+    from .models.transform import transform_file
     n = transform_file(args.model, args.features, args.out, chunk=args.chunk, batch_size=args.batch_size,
                        device=_device(args.device), progress=not args.quiet)
     print(f"transformed {n} features -> {args.out}")
@@ -164,18 +192,7 @@ def main(argv=None):
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("train", help="train a model (backbone: ArcFace ResNet on SynthFaces)")
-    p.add_argument("model", choices=["backbone", "facevit", "r3an", "gan", "inversion", "d2ae"])
-    p.add_argument("--config", help="JSON file of config overrides (r3an: or a packaged name, e.g. arch3, fc)")
-    p.add_argument("--data", help="synthfaces (default) or an image folder")
-    p.add_argument("--out", required=True, help="output folder (checkpoint last.pt, log.jsonl); resumes")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps", type=int, help="stop after this many steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device")
-    p.add_argument("--source", help="r3an: source feature model (arcface:CKPT, a backbone checkpoint, dlib)")
-    p.add_argument("--target", help="r3an: target feature model (same forms)")
-    p.set_defaults(func=cmd_train)
+    _train_parsers(sub)
     p = sub.add_parser("transform", help="R³AN: map source-model features to the target model's space "
                                          "(streams .npy files of any size)")
     p.add_argument("--model", required=True, help="a `fastface train r3an` checkpoint (model.pt or last.pt)")

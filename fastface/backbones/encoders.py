@@ -99,19 +99,15 @@ class ArcFaceEncoder(_ArcFaceBase):
     """A trained ArcFace ResNet checkpoint (`fastface train backbone`'s model.pt or last.pt)."""
 
     def __init__(self, checkpoint=DEMO_CHECKPOINT, device="cpu", align="none"):
-        from ..train.backbone import BackboneConfig, build_model
-        from ..train.checkpoint import load_checkpoint
+        from ..models.serialization import build_module, read_model
+        from .build import BackboneArch
         if not os.path.isfile(checkpoint):
             raise ValueError(f"arcface checkpoint {checkpoint!r} does not exist")
-        state = load_checkpoint(checkpoint, map_location="cpu")
-        if not isinstance(state, dict) or "model" not in state or "config" not in state:
-            raise ValueError(f"{checkpoint!r} is not a fastface backbone checkpoint (needs 'config' and 'model')")
-        cfg = dict(state["config"])
-        if isinstance(cfg.get("milestones"), list):
-            cfg["milestones"] = tuple(cfg["milestones"])
-        self.config = BackboneConfig(**cfg)
-        model = build_model(self.config)
-        model.load_state_dict(state["model"])
+        saved = read_model(checkpoint)
+        if saved.kind != "backbone":
+            raise ValueError(f"{checkpoint!r} holds a {saved.kind} model, not a backbone")
+        self.config = BackboneArch.from_dict(saved.config)
+        model = build_module(saved)
         self.name = "arcface" if os.path.abspath(checkpoint) == DEMO_CHECKPOINT else f"arcface:{checkpoint}"
         self.image_size, self.channels = self.config.image_size, self.config.channels
         self._init_common(model, device, align)

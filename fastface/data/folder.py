@@ -80,14 +80,24 @@ class ImageFolder(torch.utils.data.Dataset):
     skip_unreadable=True checks every file once at construction and leaves out those PIL cannot
     open (listed in .unreadable, with one warning), so one corrupt file does not stop a training
     run; False keeps every file (faster on huge folders; a corrupt one then raises when read).
+    The check reads headers only: a file truncated inside its pixel data passes it. on_unreadable says what
+    reading such a file does: "raise" (UnreadableImage naming it) or "substitute" (training: the next
+    readable file takes its place and the item carries "_unreadable", the number of files it replaced, so a
+    run counts them instead of crashing; the batch keeps its size, so every process keeps in step).
     """
 
-    def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS, skip_unreadable=True):
+    ON_UNREADABLE = ("raise", "substitute")
+
+    def __init__(self, root, size=64, channels=3, extensions=IMAGE_EXTENSIONS, skip_unreadable=True,
+                 on_unreadable="raise"):
         size = as_int("size", size, min_value=8)
         if as_int("channels", channels) not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if not isinstance(skip_unreadable, bool):
             raise TypeError(f"skip_unreadable must be a bool, got {type(skip_unreadable).__name__}")
+        if on_unreadable not in self.ON_UNREADABLE:
+            raise ValueError(f"on_unreadable must be one of {self.ON_UNREADABLE}, got {on_unreadable!r}")
+        self.on_unreadable = on_unreadable
         paths, labels, names = scan_image_folder(root, extensions)
         self.unreadable = []
         if skip_unreadable:
@@ -118,6 +128,22 @@ class ImageFolder(torch.utils.data.Dataset):
         index = as_int("index", index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for ImageFolder of length {len(self)}")
+        if self.on_unreadable == "raise":
+            return self._item(index)
+        n = len(self)
+        for skipped in range(n):
+            j = (index + skipped) % n
+            try:
+                item = self._item(j)
+            except UnreadableImage as e:
+                warnings.warn(f"ImageFolder: {e}; the next readable image takes its place", RuntimeWarning,
+                              stacklevel=2)
+                continue
+            item["_unreadable"] = skipped
+            return item
+        raise UnreadableImage(f"image folder {self.root!r}: none of its {n} files can be read")
+
+    def _item(self, index):
         return {"image": read_image(self.paths[index], self.size, self.channels),
                 "identity": int(self.labels[index]), "path": self.paths[index]}
 

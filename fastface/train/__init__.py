@@ -1,8 +1,12 @@
-"""Training loops: one base config per model, small overrides per experiment."""
-from .backbone import BackboneConfig, train_backbone
+"""Training: one shared loop (loop.py) and a trainer per model; `fastface train <model>` runs them."""
+from .backbone import BackboneConfig, BackboneTrainer, train_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .loop import Run, Trainer, fit
+from .r3an import R3ANConfig, R3ANTrainer, train_r3an
 
-__all__ = ["BackboneConfig", "train_backbone", "save_checkpoint", "load_checkpoint"]
-from .r3an import R3ANConfig, load_transform, train_r3an, transform_features, transform_file  # noqa: E402
+# `fastface train NAME`: the implemented trainers
+TRAINERS = {t.name: t for t in (BackboneTrainer, R3ANTrainer)}
 
-__all__ += ["R3ANConfig", "train_r3an", "load_transform", "transform_features", "transform_file"]
+__all__ = ["TRAINERS", "Trainer", "Run", "fit", "TrainConfig", "BackboneConfig", "BackboneTrainer", "train_backbone",
+           "R3ANConfig", "R3ANTrainer", "train_r3an", "save_checkpoint", "load_checkpoint"]

@@ -1,4 +1,4 @@
-"""Atomic full-state checkpoints, loadable with torch.load(weights_only=True)."""
+"""Atomic full-state checkpoints, loadable with torch.load(weights_only=True), and the RNG state they hold."""
 import os
 import random
 import tempfile
@@ -8,17 +8,37 @@ import torch
 
 
 def rng_state():
-    """Return the Python, NumPy and torch RNG states as weights_only-safe values."""
+    """The Python, NumPy, torch CPU and torch CUDA (every device) RNG states, as weights_only-safe values
+    (CPU tensors, ints, lists)."""
     np_state = np.random.get_state()
-    return {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-            "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
-            "torch": torch.get_rng_state()}
+    py = random.getstate()
+    state = {"python": list(py[1]), "python_pos": py[2],
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
 
 
 def set_rng_state(state):
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
+    """Restore rng_state(). The tensors go back as CPU ByteTensors (what set_rng_state requires, wherever
+    the checkpoint was mapped); CUDA states are restored when this process sees as many devices."""
+    random.setstate((3, tuple(int(v) for v in state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].cpu().numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            raise ValueError(f"the checkpoint holds the CUDA RNG state of {len(cuda)} device(s) but this process "
+                             f"sees {torch.cuda.device_count()}; resume with the same CUDA_VISIBLE_DEVICES")
+        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def save_checkpoint(path, state: dict):
@@ -41,7 +61,8 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-RESUME_INDEPENDENT = ("checkpoint_every",)  # config keys that may change between a run and its resume
+# config keys that may change between a run and its resume: they do not change what is computed
+RESUME_INDEPENDENT = ("checkpoint_every", "eval_every", "sample_every", "log_every")
 
 
 def check_same_config(saved, current, path, absent=None):

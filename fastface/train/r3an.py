@@ -12,20 +12,19 @@ Each enabled stage has its own SGD optimiser (momentum 0.9, weight decay 1e-3, l
 linear warm-up over the first 10 % (not in the paper). After the last step E's BatchNorm statistics
 are re-estimated on G(X), its inference input (recalibrate_extractor_bn).
 """
-import json
-import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..models.r3an import (IMAGE_SIZE, adversarial_loss, build_transform, count_parameters, discriminator_loss,
-                           fc_hidden_for, l2_loss, reconstruction_loss, regression_loss, representation_loss)
-from .checkpoint import check_same_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-
-log = logging.getLogger("fastface.train")
+from ..models.r3an import (IMAGE_SIZE, adversarial_loss, build_transform, discriminator_loss, fc_hidden_for, l2_loss,
+                           reconstruction_loss, regression_loss, representation_loss)
+from ..models.transform import load_transform, transform_features, transform_file  # noqa: F401 (the old home)
+from .config import TrainConfig
+from .loop import Trainer, ddp_view, fit
+from .schedules import make_scheduler
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 # Table 3: which losses train each architecture (FC: an MLP regressed on Y, no G/E/D)
@@ -43,13 +42,12 @@ PRESETS = {
 
 
 @dataclass
-class R3ANConfig:
+class R3ANConfig(TrainConfig):
     """Base config: full R³AN with Table 1's layer sizes and the paper's optimiser settings."""
     data: str = "synthfaces"          # "synthfaces" or an image-folder path
-    n_identities: int = 200
-    images_per_identity: int = 10
+    n_identities: int = 200           # synthfaces: identities
+    images_per_identity: int = 10     # synthfaces: images of each
     render_size: int = 64             # images are rendered (or read) at this size for the prior models
-    seed: int = 0
     source: str = ""                  # source feature model: "arcface:CKPT", a backbone checkpoint path, "dlib"
     target: str = ""                  # target feature model (same forms)
     arch: str = "r3an"                # "r3an" or "fc"
@@ -76,8 +74,6 @@ class R3ANConfig:
     recalibrate_bn: bool = True
     fc_hidden: int = 0                # 0: as many parameters as R³AN's G + E
     fc_layers: int = 2
-    epochs: int = 10
-    batch_size: int = 64
     lr: float = 0.08
     momentum: float = 0.9
     weight_decay: float = 1e-3
@@ -85,22 +81,18 @@ class R3ANConfig:
     # linear lr warm-up over this fraction of the steps (not in the paper: at lr 0.08 without it,
     # every ReLU6 of E died within the first 150 steps of full R³AN on SynthFaces)
     warmup: float = 0.1
-    max_steps: int = 0                # stop after this many steps (0 = all epochs)
-    checkpoint_every: int = 200
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.arch not in ("r3an", "fc"):
             raise ValueError(f"arch must be 'r3an' or 'fc', got {self.arch!r}")
         if self.arch == "r3an" and not (self.use_adv or self.use_rec or self.use_rep or self.use_reg):
             raise ValueError("an r3an config needs at least one of use_adv, use_rec, use_rep, use_reg")
-        for name in ("batch_size", "epochs", "n_identities", "images_per_identity"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("n_identities", "images_per_identity"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got {self.warmup!r}")
-        self.milestones, self.e_repeats = tuple(self.milestones), tuple(self.e_repeats)
 
     @classmethod
     def from_file(cls, path, **overrides):
@@ -113,13 +105,7 @@ class R3ANConfig:
                 raise ValueError(f"config {path!r} is neither a file nor one of the packaged configs "
                                  f"{', '.join(sorted(PRESETS))}")
             path = packaged
-        with open(path) as fh:
-            values = json.load(fh)
-        values.update(overrides)
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
-        return cls(**values)
+        return super().from_file(path, **overrides)
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -128,12 +114,10 @@ class R3ANConfig:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def to_dict(self):
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "extra"}
-
 
 # what a checkpoint written before each of these keys existed was trained with
-LEGACY_CONFIG = {"warmup": 0.0, "recalibrate_bn": False, "e_activation": "relu6"}
+LEGACY_CONFIG = {"warmup": 0.0, "recalibrate_bn": False, "e_activation": "relu6", "amp": False,
+                 "clip_grad_norm": 0.0, "sync_bn": False}
 
 
 def config_from_dict(values):
@@ -250,72 +234,71 @@ def make_optimizers(model, cfg):
 
 def lr_schedule(opt, cfg, total):
     """lr x (linear warm-up over cfg.warmup of the steps) x 0.1 per milestone passed (cfg.milestones of total)."""
-    milestones = [max(1, int(f * total)) for f in cfg.milestones]
-    warm = max(1, round(cfg.warmup * total))
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.1 ** sum(s >= m for m in milestones))
+    return make_scheduler(opt, total, schedule="multistep", warmup=cfg.warmup, milestones=cfg.milestones)
 
 
-def _step(opt, loss):
+def plain_step(opt, loss):
+    """zero_grad, backward, step (the shared loop passes its own: AMP, clipping)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def d_step(model, opt_d, fake, real):
+def d_step(model, opt_d, fake, real, optimize=plain_step):
     """Line 6: D descends on L_D (Eq. 5). fake, real (B, C, 56, 56); fake is detached here."""
     loss = discriminator_loss(model.discriminator(real), model.discriminator(fake.detach()))
-    _step(opt_d, loss)
+    optimize(opt_d, loss)
     return loss.item()
 
 
-def g_step(model, opt_g, fake, real, cfg):
+def g_step(model, opt_g, fake, real, cfg, optimize=plain_step):
     """Line 8: G descends on lambda_rec L_Rec + lambda_adv L_Adv (Eq. 7) for the enabled terms.
     fake = G(X) (B, C, 56, 56) with its graph; returns (L_Rec, L_Adv) (None when disabled)."""
     rec = reconstruction_loss(fake, real) if cfg.use_rec else None
     adv = adversarial_loss(model.discriminator(fake)) if cfg.use_adv else None
     loss = sum(lam * term for lam, term in ((cfg.lambda_rec, rec), (cfg.lambda_adv, adv)) if term is not None)
-    _step(opt_g, loss)
+    optimize(opt_g, loss)
     if cfg.use_adv:  # L_Adv's backward also filled D's grads; D steps only in d_step
         model.discriminator.zero_grad(set_to_none=True)
     return (None if rec is None else rec.item()), (None if adv is None else adv.item())
 
 
-def e_step(model, opt_e, real, y, cfg):
+def e_step(model, opt_e, real, y, cfg, optimize=plain_step):
     """Line 10: E descends on lambda_rep L_Rep (Eq. 8) with real images (B, C, 56, 56), y (B, Dt)."""
     loss = representation_loss(model.extractor(real), y)
-    _step(opt_e, cfg.lambda_rep * loss)
+    optimize(opt_e, cfg.lambda_rep * loss)
     return loss.item()
 
 
-def reg_step(model, opt_ge, x, y, cfg):
+def reg_step(model, opt_ge, x, y, cfg, optimize=plain_step):
     """Line 12: G and E descend together on lambda_reg L_Reg (Eq. 9); x (B, Ds), y (B, Dt)."""
     loss = regression_loss(model.extractor(model.generator(x)), y)
-    _step(opt_ge, cfg.lambda_reg * loss)
+    optimize(opt_ge, cfg.lambda_reg * loss)
     return loss.item()
 
 
-def fc_step(model, opt, x, y):
+def fc_step(model, opt, x, y, optimize=plain_step):
     """The FC baseline: the MLP descends on E[||Y - FC(X)||_2]."""
     loss = l2_loss(model.transform(x), y)
-    _step(opt, loss)
+    optimize(opt, loss)
     return loss.item()
 
 
-def algorithm1_step(model, opts, x, y, real, cfg):
-    """One mini-batch of Algorithm 1 (the stages cfg enables); returns the losses as a dict."""
+def algorithm1_step(model, opts, x, y, real, cfg, optimize=plain_step):
+    """One mini-batch of Algorithm 1 (the stages cfg enables); returns the losses as a dict.
+    model: an R3AN / FCTransform, or any object with its kind and sub-modules (DDP-wrapped ones)."""
     if model.kind == "fc":
-        return {"loss_fc": fc_step(model, opts["fc"], x, y)}
+        return {"loss_fc": fc_step(model, opts["fc"], x, y, optimize)}
     out = {}
     if cfg.use_rec or cfg.use_adv:
         fake = model.generator(x)  # G(X) with theta_g before this iteration's G step (lines 6 and 9)
         if cfg.use_adv:
-            out["loss_d"] = d_step(model, opts["d"], fake, real)
-        out["loss_rec"], out["loss_adv"] = g_step(model, opts["g"], fake, real, cfg)
+            out["loss_d"] = d_step(model, opts["d"], fake, real, optimize)
+        out["loss_rec"], out["loss_adv"] = g_step(model, opts["g"], fake, real, cfg, optimize)
     if cfg.use_rep:
-        out["loss_rep"] = e_step(model, opts["e"], real, y, cfg)
+        out["loss_rep"] = e_step(model, opts["e"], real, y, cfg, optimize)
     if cfg.use_reg:
-        out["loss_reg"] = reg_step(model, opts["ge"], x, y, cfg)
+        out["loss_reg"] = reg_step(model, opts["ge"], x, y, cfg, optimize)
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -352,26 +335,88 @@ def recalibrate_extractor_bn(model, x, batch_size=256):
     return model.eval()
 
 
-def export_transform(out_path, model, cfg, spec):
-    """Write the inference checkpoint (config, spec, weights) that `fastface transform` loads."""
-    save_checkpoint(out_path, {"config": cfg.to_dict(), "spec": spec,
-                               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
+class TripleDataset(torch.utils.data.Dataset):
+    """(X, Y, I) triples held in memory; __getitems__ returns a whole batch as one dict of tensors."""
+
+    def __init__(self, triples):
+        _check_triples(triples)
+        self.x, self.y, self.images = triples["x"].float(), triples["y"].float(), triples["images"]
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return {"x": self.x[idx], "y": self.y[idx], "images": self.images[idx]}
+
+    def __getitem__(self, index):
+        return {"x": self.x[index], "y": self.y[index], "images": self.images[index]}
 
 
-def load_transform(path, device="cpu"):
-    """Return the eval-mode transform module (R3AN or FCTransform) of a model.pt or last.pt."""
-    if not os.path.isfile(path):
-        raise ValueError(f"model checkpoint {path!r} does not exist")
-    state = load_checkpoint(path, map_location="cpu")
-    if not isinstance(state, dict) or "spec" not in state or "model" not in state:
-        raise ValueError(f"{path!r} is not a fastface R³AN checkpoint (needs 'spec' and 'model')")
-    model = build_transform(dict(state["spec"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+def _as_batch(batch):
+    return batch
+
+
+class R3ANTrainer(Trainer):
+    name, Config, model_kind = "r3an", R3ANConfig, "r3an"
+    legacy_config = LEGACY_CONFIG
+    in_memory = True
+    collate = staticmethod(_as_batch)
+
+    def __init__(self, cfg, run, triples=None):
+        super().__init__(cfg, run)
+        self._triples = triples
+
+    def dataset(self):
+        if self._triples is None:
+            self._triples = make_training_triples(self.cfg, self.run.device, self.run.progress)
+        self.data = TripleDataset(self._triples)
+        return self.data
+
+    def build(self):
+        cfg = self.cfg
+        self.spec = model_spec(cfg, self.data.x.shape[1], self.data.y.shape[1])
+        self.model = build_transform(self.spec).to(self.run.device).train()
+        self.modules = {"model": self.model}
+        self.optimizers = make_optimizers(self.model, cfg)
+        if self.model.kind == "fc":
+            self.net = ddp_view(self.run, kind="fc", transform=self.model)
+        else:
+            self.net = ddp_view(self.run, kind="r3an", generator=self.model.generator,
+                                extractor=self.model.extractor, discriminator=self.model.discriminator)
+
+    def schedule(self, optimizer):
+        return lr_schedule(optimizer, self.cfg, self.run.total)
+
+    def train_step(self, batch):
+        real = recon_batch(batch["images"])
+        return algorithm1_step(self.net, self.optimizers, batch["x"], batch["y"], real, self.cfg, self.run.optimize)
+
+    def hooks(self):
+        return [(self.cfg.sample_every, self.sample)] if self.model.kind == "r3an" else []
+
+    @torch.no_grad()
+    def sample(self, step):
+        """OUT/samples/reconstruction_STEP.png: 8 real faces (top) and G(X) of their source features (bottom)."""
+        n = min(8, len(self.data))
+        real = recon_batch(self.data.images[:n])
+        self.model.generator.eval()
+        fake = self.model.generator(self.data.x[:n].to(self.run.device)).float().cpu()
+        self.model.generator.train()
+        self.run.save_images("reconstruction", torch.cat([real, fake]) * 0.5 + 0.5, nrow=n)
+
+    def finish(self):
+        if self.cfg.recalibrate_bn:
+            recalibrate_extractor_bn(self.model, self.data.x, 4 * self.cfg.batch_size)
+        self.model.eval()
+
+    def export(self):
+        return self.spec, self.model
 
 
 def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None, progress=True, stop_after=None):
-    """Train by Algorithm 1; write out_dir/last.pt (full state), log.jsonl and, at the end, model.pt.
+    """Train by Algorithm 1 on the shared loop; write out_dir/last.pt (full state), log.jsonl and, at the end,
+    model.pt (fastface.load returns the transform).
 
     triples: precomputed dict(x, y, images) (see make_triples); otherwise rendered and encoded
     from cfg.data with cfg.source / cfg.target. Resumes exactly from out_dir/last.pt; stop_after=N
@@ -379,112 +424,7 @@ def train_r3an(cfg: R3ANConfig, out_dir, device="cpu", resume=True, triples=None
     """
     if not isinstance(cfg, R3ANConfig):
         raise TypeError(f"cfg must be an R3ANConfig, got {type(cfg).__name__}")
-    device = torch.device(device)
-    if triples is None:
-        triples = make_training_triples(cfg, device, progress)
-    _check_triples(triples)
-    x_all, y_all, img_all = triples["x"].float(), triples["y"].float(), triples["images"]
-    n = x_all.shape[0]
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {n} training triples")
-    total = cfg.epochs * steps_per_epoch
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
-    torch.manual_seed(cfg.seed)
-    spec = model_spec(cfg, x_all.shape[1], y_all.shape[1])
-    model = build_transform(spec).to(device).train()
-    opts = make_optimizers(model, cfg)
-    scheds = {k: lr_schedule(o, cfg, total) for k, o in opts.items()}
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt_path = os.path.join(out_dir, "last.pt")
-    step = 0
-    if resume and os.path.exists(ckpt_path):
-        state = load_checkpoint(ckpt_path, map_location=device)
-        check_same_config(state.get("config"), cfg.to_dict(), ckpt_path, LEGACY_CONFIG)
-        model.load_state_dict(state["model"])
-        if any("lr_lambdas" not in sched for sched in state["schedulers"].values()):
-            raise ValueError(f"{ckpt_path} was written by a fastface without the lr warm-up: its schedule state "
-                             f"(MultiStepLR) does not load into today's; train into a new out_dir")
-        for k in opts:
-            opts[k].load_state_dict(state["optimizers"][k])
-            scheds[k].load_state_dict(state["schedulers"][k])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        log.info("resumed from %s at step %d", ckpt_path, step)
-
-    def checkpoint():
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "spec": spec,
-                                    "optimizers": {k: o.state_dict() for k, o in opts.items()},
-                                    "schedulers": {k: s.state_dict() for k, s in scheds.items()},
-                                    "rng": rng_state(), "step": step, "config": cfg.to_dict()})
-
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.arch}")
-    with open(os.path.join(out_dir, "log.jsonl"), "a") as log_file:
-        while step < total and step != stop_after:
-            epoch, skip = divmod(step, steps_per_epoch)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000003 + epoch))
-            for i in range(skip, steps_per_epoch):
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                x, y = x_all[idx].to(device), y_all[idx].to(device)
-                real = recon_batch(img_all[idx]).to(device)
-                losses = algorithm1_step(model, opts, x, y, real, cfg)
-                for s in scheds.values():
-                    s.step()
-                step += 1
-                record = {"step": step, "epoch": epoch, **losses, "lr": next(iter(opts.values())).param_groups[0]["lr"]}
-                log_file.write(json.dumps(record) + "\n")
-                bar.update(1)
-                bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in losses.items()})
-                if step % cfg.checkpoint_every == 0 or step == total:
-                    checkpoint()
-                if step >= total or step == stop_after:
-                    break
-    bar.close()
-    if step >= total:
-        if cfg.recalibrate_bn:
-            recalibrate_extractor_bn(model, x_all, 4 * cfg.batch_size)
-        export_transform(os.path.join(out_dir, "model.pt"), model, cfg, spec)
-    model.eval()
-    return {"model": model, "step": step, "spec": spec}
-
-
-@torch.no_grad()
-def transform_features(model, features, batch_size=4096):
-    """Transformed features (N, Dt) float32 of features (N, Ds) (a tensor or array) with an eval model."""
-    if not hasattr(model, "transform"):
-        raise TypeError(f"model must be an R3AN or FCTransform, got {type(model).__name__}")
-    feats = torch.as_tensor(features)
-    if feats.dim() != 2 or feats.shape[1] != model.source_dim:
-        raise ValueError(f"features must have shape (N, {model.source_dim}), got {tuple(feats.shape)}")
-    dev = next(model.parameters()).device
-    outs = [model.transform(feats[s:s + batch_size].to(dev, torch.float32)).float().cpu()
-            for s in range(0, feats.shape[0], batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0, model.target_dim)
-
-
-def transform_file(model_path, in_path, out_path, chunk=65536, batch_size=4096, device="cpu", progress=True):
-    """Stream IN.npy (N, Ds) through a trained transform into OUT.npy (N, Dt) float32 in bounded memory
-    (memory-mapped input, chunks of `chunk` rows, memory-mapped output); returns N."""
-    import numpy as np
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    if not os.path.isfile(in_path):
-        raise ValueError(f"features file {in_path!r} does not exist")
-    model = load_transform(model_path, device)
-    feats = np.load(in_path, mmap_mode="r")
-    if feats.ndim != 2 or feats.shape[1] != model.source_dim:
-        raise ValueError(f"features in {in_path!r} must have shape (N, {model.source_dim}), got {feats.shape}")
-    if not np.issubdtype(feats.dtype, np.floating):
-        raise TypeError(f"features in {in_path!r} must be floating point, got {feats.dtype}")
-    n = feats.shape[0]
-    tmp = f"{out_path}.partial.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, model.target_dim))
-    with tqdm(total=n, disable=not progress, desc="transform", unit="feat", unit_scale=True) as bar:
-        for s in range(0, n, chunk):
-            block = torch.from_numpy(np.array(feats[s:s + chunk], dtype=np.float32))  # a copy: bounded, writable
-            out[s:s + block.shape[0]] = transform_features(model, block, batch_size).numpy()
-            bar.update(block.shape[0])
-    out.flush()
-    del out
-    os.replace(tmp, out_path)
-    return n
+    t = fit(R3ANTrainer, cfg, out_dir, device=device, resume=resume, progress=progress, stop_after=stop_after,
+            triples=triples)
+    t.model.eval()
+    return {"model": t.model, "step": t.run.step, "spec": t.spec}
