@@ -181,7 +181,8 @@ def finished(folder, config, absent=None):
     path = os.path.join(folder, "model.pt")
     if not os.path.exists(path):
         return False
-    check_same_config(load_checkpoint(path)["config"], config, path, absent)
+    state = load_checkpoint(path)
+    check_same_config(state.get("train_config", state["config"]), config, path, absent)
     return True
 
 

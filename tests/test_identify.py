@@ -11,18 +11,19 @@ from fastface.cli import main
 from fastface.data import ImageFolder, SynthFaces, export_image_folder, scan_image_folder
 from fastface.eval import retrieval_metrics
 from fastface.eval.identification import evaluate_identification, pool_patches
-from fastface.train.backbone import BackboneConfig, build_model, export_model
+from fastface.backbones import BackboneArch, build_backbone
+from fastface.models.serialization import save_model
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    cfg = BackboneConfig(image_size=64, channels=3, width=8, stem_pool=False, embedding_dim=32)
+    cfg = BackboneArch(image_size=64, channels=3, width=8, stem_pool=False, embedding_dim=32)
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_backbone(cfg)
     with torch.no_grad():  # non-trivial BN statistics so eval mode is not the identity
         model.train()(torch.rand(8, 3, 64, 64))
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    export_model(str(path), model, cfg)
+    save_model(str(path), "backbone", cfg.to_dict(), model)
     return str(path)
 
 
@@ -144,7 +145,7 @@ def test_encoders(tiny_ckpt, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_encoder(f"arcface:{tmp_path / 'nope.pt'}")
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="not a fastface backbone checkpoint"):
+    with pytest.raises(ValueError, match="is not a fastface model"):
         load_encoder(f"arcface:{tmp_path / 'bad.pt'}")
 
 
@@ -258,9 +259,9 @@ def test_identify_skips_unreadable_files(tiny_ckpt, folder, tmp_path, capsys):
 
 def test_identify_arguments_checked_before_decoding(tiny_ckpt, folder, monkeypatch, capsys, tmp_path):
     import fastface.data.folder as folder_mod
-    cfg = BackboneConfig(image_size=64, channels=3, width=8, stem_pool=True, embedding_dim=32)   # 4x4 map
+    cfg = BackboneArch(image_size=64, channels=3, width=8, stem_pool=True, embedding_dim=32)   # 4x4 map
     path = tmp_path / "m4.pt"
-    export_model(str(path), build_model(cfg), cfg)
+    save_model(str(path), "backbone", cfg.to_dict(), build_backbone(cfg))
     monkeypatch.setattr(folder_mod, "open_image", lambda *a, **k: pytest.fail("an image was decoded"))
     assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{path}", "--grid", "8", "--quiet"]) == 2
     assert "grid 8 does not divide" in capsys.readouterr().err

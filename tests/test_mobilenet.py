@@ -1,9 +1,9 @@
-"""Prior-model backbones: MobileNetV2 (expansion T) and the bottleneck ResNet-50, through build_model."""
+"""Prior-model backbones: MobileNetV2 (expansion T) and the bottleneck ResNet-50, through build_backbone."""
 import pytest
 import torch
 
 from fastface.backbones import MobileNetV2Face, resnet50_face
-from fastface.train.backbone import BackboneConfig, build_model
+from fastface.backbones import BackboneArch, build_backbone
 
 
 @pytest.mark.parametrize("stem_stride,side", [(2, 4), (1, 8)])
@@ -24,13 +24,14 @@ def test_resnet50_shapes():
     assert sum(len(s) for s in m.stages) == 16  # 3 + 4 + 6 + 3 bottlenecks
 
 
-def test_build_model_archs_and_bad_input():
+def test_build_backbone_archs_and_bad_input():
     for arch in ("arcface_resnet18", "mobilenetv2", "resnet50"):
-        cfg = BackboneConfig(arch=arch, image_size=32, stem_pool=False, width=8, width_mult=0.25, embedding_dim=16)
-        emb, _ = build_model(cfg).eval()(torch.rand(1, 1, 32, 32))
+        cfg = BackboneArch(arch=arch, image_size=32, stem_pool=False, width=8, width_mult=0.25, embedding_dim=16)
+        emb, _ = build_backbone(cfg).eval()(torch.rand(1, 1, 32, 32))
         assert emb.shape == (1, 16)
+        assert build_backbone(cfg.to_dict()).state_dict().keys() == build_backbone(cfg).state_dict().keys()
     with pytest.raises(ValueError, match="arch must be one of"):
-        build_model(BackboneConfig(arch="vgg"))
+        BackboneArch(arch="vgg")
     with pytest.raises(ValueError, match="expansion must be"):
         MobileNetV2Face(expansion=0)
     with pytest.raises(ValueError, match="x must be"):

@@ -14,6 +14,7 @@ from fastface.models.r3an import (Discriminator, Extractor, FCTransform, Generat
                                   build_transform, count_parameters, discriminator_loss, fc_hidden_for, l2_loss,
                                   reconstruction_loss, regression_loss, representation_loss)
 from fastface.train import load_checkpoint
+from fastface.train.loop import read_log
 from fastface.train.r3an import (PRESETS, R3ANConfig, algorithm1_step, d_step, e_step, g_step, load_transform,
                                  make_optimizers, model_spec, recon_batch, reg_step, train_r3an, transform_features,
                                  transform_file)
@@ -163,7 +164,7 @@ def test_checkpoint_log_and_weights_only_export(tmp_path):
     state = load_checkpoint(tmp_path / "last.pt")  # weights_only=True
     assert state["step"] == 6 and set(state["optimizers"]) == {"d", "g", "e", "ge"} and "rng" in state
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
-    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    records = read_log(tmp_path)
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all({"loss_d", "loss_rec", "loss_adv", "loss_rep", "loss_reg", "lr"} <= set(r) for r in records)
     model = load_transform(tmp_path / "model.pt")
@@ -212,7 +213,7 @@ def test_lr_schedule_follows_the_paper(tmp_path):
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.milestones) == (0.08, 0.9, 1e-3, (0.3, 0.5, 0.7))
     # lr / 10 after 30, 50 and 70 % of the steps, in every stage's optimiser (10 steps here)
     out = train_r3an(R3ANConfig(**{**TINY, "epochs": 1}), tmp_path, triples=tiny_triples(80), progress=False)
-    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "log.jsonl")]
+    lrs = [r["lr"] for r in read_log(tmp_path)]
     assert lrs == pytest.approx([0.08, 0.08, 0.008, 0.008, 8e-4, 8e-4, 8e-5, 8e-5, 8e-5, 8e-5])
     state = load_checkpoint(tmp_path / "last.pt")
     assert sorted(state["schedulers"]) == ["d", "e", "g", "ge"]
@@ -220,19 +221,15 @@ def test_lr_schedule_follows_the_paper(tmp_path):
     assert out["step"] == 10
 
 
-def test_resume_from_a_checkpoint_without_warmup_is_refused(tmp_path):
+def test_resume_from_a_checkpoint_of_the_old_loop_is_refused(tmp_path):
     train_r3an(R3ANConfig(**TINY), tmp_path, triples=tiny_triples(), progress=False, stop_after=2)
     state = load_checkpoint(tmp_path / "last.pt")
-    del state["config"]["warmup"]      # as written before the warm-up existed
-    for k, o in make_optimizers(build_transform(state["spec"]), R3ANConfig(**TINY)).items():
-        state["schedulers"][k] = torch.optim.lr_scheduler.MultiStepLR(o, [1, 2, 3], 0.1).state_dict()
-    torch.save(state, tmp_path / "last.pt")
-    # such a checkpoint was trained without warm-up: another config than today's default
-    with pytest.raises(ValueError, match=r"warmup: 0.0 there, 0.1 now"):
+    old = {"model": state["modules"]["model"], "spec": state["export"]["config"], "optimizers": state["optimizers"],
+           "schedulers": state["schedulers"], "rng": state["rng"][0], "step": 2, "config": state["config"]}
+    torch.save(old, tmp_path / "last.pt")       # the layout train_r3an wrote before the shared loop
+    with pytest.raises(ValueError, match="older fastface .before the shared training loop"):
         train_r3an(R3ANConfig(**TINY), tmp_path, triples=tiny_triples(), progress=False)
-    # with warmup=0 the configs agree, but the old schedule's state cannot be resumed exactly
-    with pytest.raises(ValueError, match="without the lr warm-up"):
-        train_r3an(R3ANConfig(**TINY, warmup=0.0), tmp_path, triples=tiny_triples(), progress=False)
+    assert load_transform(tmp_path / "last.pt").source_dim == 16     # its weights still load for inference
 
 
 def test_lr_warmup_then_steps(tmp_path):
@@ -240,7 +237,7 @@ def test_lr_warmup_then_steps(tmp_path):
     # after step s (that of step s + 1): steps 1..5 run at 1/5..5/5 of 0.08
     cfg = R3ANConfig.preset("arch3", **{**TINY, "epochs": 2, "warmup": 0.25})
     train_r3an(cfg, tmp_path, triples=tiny_triples(80), progress=False)
-    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "log.jsonl")]
+    lrs = [r["lr"] for r in read_log(tmp_path)]
     expected = [0.08 * min(1, (s + 1) / 5) * 0.1 ** sum(s >= m for m in (6, 10, 14)) for s in range(1, 21)]
     assert lrs == pytest.approx(expected)
     assert lrs[:6] == pytest.approx([0.032, 0.048, 0.064, 0.08, 0.08, 0.008])
@@ -260,8 +257,8 @@ def test_train_r3an_from_prior_checkpoints_via_cli(tmp_path):
     conf.write_text(json.dumps(dict(n_identities=4, images_per_identity=4, render_size=32, batch_size=8,
                                     checkpoint_every=1, **{k: list(v) if isinstance(v, tuple) else v
                                                            for k, v in TINY_MODEL.items()})))
-    assert main(["train", "r3an", "--config", str(conf), "--source", priors["mb"], "--target",
-                 f"arcface:{priors['res']}", "--out", str(tmp_path / "r3an"), "--steps", "2", "--device", "cpu"]) == 0
+    assert main(["train", "r3an", "--config", str(conf), "--set", f"source={priors['mb']}", "--set",
+                 f"target=arcface:{priors['res']}", "--out", str(tmp_path / "r3an"), "--steps", "2", "--device", "cpu"]) == 0
     model = load_transform(tmp_path / "r3an" / "model.pt")
     assert (model.source_dim, model.target_dim) == (12, 10)
 
@@ -328,7 +325,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         R3ANConfig.from_file(tmp_path / "c.json")
     with pytest.raises(TypeError, match="cfg must be an R3ANConfig"):
         train_r3an({"arch": "r3an"}, tmp_path)
-    with pytest.raises(ValueError, match="batch_size=64 exceeds"):
+    with pytest.raises(ValueError, match=r"batch_size=64 x 1 process\(es\) exceeds"):
         train_r3an(R3ANConfig(**TINY_MODEL), tmp_path / "b", triples=tiny_triples(), progress=False)
     with pytest.raises(ValueError, match="triples disagree"):
         t = tiny_triples()

@@ -1,10 +1,10 @@
 """Backbone training: a few CPU steps, atomic checkpoints, exact resume, logs."""
-import json
 import os
 
 import torch
 
 from fastface.train import BackboneConfig, load_checkpoint, train_backbone
+from fastface.train.loop import read_log
 
 TINY = dict(n_identities=6, images_per_identity=4, image_size=32, channels=1, width=8, embedding_dim=16,
             epochs=2, batch_size=8, checkpoint_every=2, lr=0.05)
@@ -26,9 +26,9 @@ def test_checkpoint_and_log(tmp_path):
     cfg = BackboneConfig(**TINY)
     train_backbone(cfg, tmp_path, progress=False, stop_after=3)
     state = load_checkpoint(tmp_path / "last.pt")  # weights_only=True
-    assert state["step"] == 2 and "optimizer" in state and "rng" in state
+    assert state["step"] == 2 and set(state["optimizers"]) == {"sgd"} and "rng" in state
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
-    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    records = read_log(tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
 
@@ -52,7 +52,7 @@ def test_margin_warmup_ramps_m_and_resumes_exactly(tmp_path):
     assert [round(margin_at(cfg, s, 6), 6) for s in range(7)] == [0.0, 0.133333, 0.266667, 0.4, 0.4, 0.4, 0.4]
     assert margin_at(BackboneConfig(**{**TINY, "m": 0.4}), 0, 6) == 0.4   # no warm-up: m from the first step
     full = train_backbone(cfg, tmp_path / "full", progress=False)
-    records = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
+    records = read_log(tmp_path / "full")
     assert [round(r["m"], 6) for r in records] == [0.0, 0.133333, 0.266667, 0.4, 0.4, 0.4]
     train_backbone(cfg, tmp_path / "cut", progress=False, stop_after=2)
     resumed = train_backbone(cfg, tmp_path / "cut", progress=False)

@@ -1,7 +1,8 @@
 """One way to save and load every fastface model: OUT/model.pt and fastface.load.
 
 model.pt is a weights_only-loadable dict: {"format": "fastface-model", "format_version", "fastface_version",
-"kind", "config" (the architecture, JSON values), "state_dict"}. fastface.load(path) rebuilds the module of
+"kind", "config" (the architecture, JSON values), "state_dict", and "train_config" (the training config
+that produced it, for provenance; not needed to load)}. fastface.load(path) rebuilds the module of
 that kind from the config (never from pickled code) and returns it in eval mode. It also reads a training
 checkpoint (last.pt, whose "export" entry names the module) and the files of fastface versions before the
 shared training loop ({"config", "model"} backbones, {"spec", "model"} R³AN transforms).
@@ -30,15 +31,17 @@ class SavedModel:
     path: str
 
 
-def save_model(path, kind, config, module):
-    """Write module's weights (on the CPU) with its kind and architecture config to path, atomically."""
+def save_model(path, kind, config, module, train_config=None):
+    """Write module's weights (on the CPU) with its kind and architecture config to path, atomically
+    (train_config: the training config dict, kept for provenance)."""
     from .. import __version__
     from ..train.checkpoint import save_checkpoint
     if kind not in BUILDERS:
         raise ValueError(f"kind must be one of {', '.join(BUILDERS)}, got {kind!r}")
     save_checkpoint(path, {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "fastface_version": __version__,
                            "kind": kind, "config": dict(config),
-                           "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}})
+                           "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                           **({"train_config": dict(train_config)} if train_config is not None else {})})
 
 
 def read_model(path):

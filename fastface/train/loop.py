@@ -290,12 +290,20 @@ def fit(trainer_cls, cfg, out_dir, *, device=None, resume=True, progress=True, s
             if run.is_main:
                 from ..models.serialization import save_model
                 config, module = trainer.export()
-                save_model(os.path.join(out_dir, "model.pt"), trainer.model_kind, config, module)
+                save_model(os.path.join(out_dir, "model.pt"), trainer.model_kind, config, module, cfg.to_dict())
                 run.log({"event": "exported", "path": os.path.join(out_dir, "model.pt")})
         run._log_file = None
     bar.close()
     distributed.barrier()
     return trainer
+
+
+def read_log(out_dir, events=False):
+    """The records of OUT/log.jsonl: one per training step (with events=True also the others: "start",
+    "eval", "exported", ..., which carry an "event" key)."""
+    with open(os.path.join(out_dir, "log.jsonl")) as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return records if events else [r for r in records if "event" not in r]
 
 
 def collate_readable(items):
