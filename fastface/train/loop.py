@@ -222,6 +222,7 @@ def fit(trainer_cls, cfg, out_dir, *, device=None, resume=True, progress=True, s
     run = Run(cfg, out_dir, info, progress and info.is_main)
     trainer = trainer_cls(cfg, run, **trainer_kwargs)
     data = trainer.dataset()
+    run.unreadable = len(getattr(data, "unreadable", None) or ())   # files an image folder left out
     run.global_batch = cfg.batch_size * info.world_size
     run.steps_per_epoch = len(data) // run.global_batch
     if run.steps_per_epoch == 0:
