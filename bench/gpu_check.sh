@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine: build with CUDA, run the kernel tests (CUDA paths included), then the GPU
 # benchmarks. Usage: bash bench/gpu_check.sh [OUTDIR] [STAGES]
-#   STAGES: any of "build tests bench r3an full" (default "build tests bench r3an"); "full" runs the
-#   whole suite instead of the kernel test files (the CPU-only tests are CI's job).
+#   STAGES: any of "build tests bench r3an train full" (default "build tests bench r3an train"); "full" runs
+#   the whole suite instead of the kernel test files (the CPU-only tests are CI's job).
 # Needs torch (CUDA), triton, pybind11, scikit-build-core, pytest, pytest-benchmark and POT (carry
 # POT's wheel where there is no internet). Each stage has a time limit so that one slow stage cannot
 # eat a short device lease; a failing stage is reported and the next one still runs. The limits add
@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-.}"
-stages="${2:-build tests bench r3an}"
+stages="${2:-build tests bench r3an train}"
 mkdir -p "$out"
 has() { [[ " $stages " == *" $1 "* ]]; }
 step() {  # step NAME LIMIT_S LOGFILE CMD...
@@ -35,6 +35,12 @@ if has bench; then
   step report 240 gpu_report.md python3 bench/report.py --gpu
   # FusedGenerator: eager vs fused (auto, chain and per-layer paths) vs torch.compile, batch 1-4096.
   step generator 300 gpu_generator.md python3 bench/report.py --gpu --generator
+fi
+if has train; then
+  # The shared loop on CUDA: AMP (bf16), CUDA RNG in checkpoints, exact resume; then NCCL under torchrun.
+  step train-tests 240 gpu_train_tests.log python3 -m pytest -q -rs tests/test_train_loop.py tests/test_train.py
+  step train-nccl 180 gpu_train_nccl.log python3 -m torch.distributed.run --standalone --nproc_per_node 1 \
+    -m fastface train backbone --steps 30 --set batch_size=32 --device cuda --out "$out/nccl_run"
 fi
 if has r3an; then
   # R³AN transform vs ResNet-101 extraction on the GPU (the paper's ≈ 10x claim).

@@ -13,6 +13,8 @@ from importlib import import_module
 
 import torch
 
+from .._io import atomic_torch_save
+
 MODEL_FORMAT = "fastface-model"
 FORMAT_VERSION = 1
 # kind -> "module:function" building the nn.Module from the saved config dict
@@ -35,10 +37,9 @@ def save_model(path, kind, config, module, train_config=None):
     """Write module's weights (on the CPU) with its kind and architecture config to path, atomically
     (train_config: the training config dict, kept for provenance)."""
     from .. import __version__
-    from ..train.checkpoint import save_checkpoint
     if kind not in BUILDERS:
         raise ValueError(f"kind must be one of {', '.join(BUILDERS)}, got {kind!r}")
-    save_checkpoint(path, {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "fastface_version": __version__,
+    atomic_torch_save(path, {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "fastface_version": __version__,
                            "kind": kind, "config": dict(config),
                            "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                            **({"train_config": dict(train_config)} if train_config is not None else {})})

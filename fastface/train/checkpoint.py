@@ -1,10 +1,10 @@
 """Atomic full-state checkpoints, loadable with torch.load(weights_only=True), and the RNG state they hold."""
-import os
 import random
-import tempfile
 
 import numpy as np
 import torch
+
+from .._io import atomic_torch_save
 
 
 def rng_state():
@@ -43,17 +43,7 @@ def seed_everything(seed):
 
 def save_checkpoint(path, state: dict):
     """Write state to path atomically (temp file in the same folder, then os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_torch_save(path, state)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -254,7 +254,9 @@ def fit(trainer_cls, cfg, out_dir, *, device=None, resume=True, progress=True, s
     bar = tqdm(total=run.total, initial=run.step, disable=not run.progress, desc=f"train {trainer.name}")
     with open(os.path.join(out_dir, "log.jsonl"), "a") if run.is_main else nullcontext() as log_file:
         run._log_file = log_file
-        if run.step == 0:
+        if run.step:
+            run.log({"event": "resume", "world_size": info.world_size, "global_batch": run.global_batch})
+        else:
             run.log({"event": "start", "world_size": info.world_size, "batch_size": cfg.batch_size,
                      "global_batch": run.global_batch, "total_steps": run.total, "device": str(run.device),
                      "config": cfg.to_dict()})
