@@ -298,6 +298,9 @@ def test_set_overrides_are_typed_and_validated():
         BackboneConfig(batch_size=0)
     with pytest.raises(ValueError, match="arch must be one of"):
         BackboneConfig(arch="vgg")
+    assert BackboneConfig(data=__import__("pathlib").Path("/x/y")).data == "/x/y"     # a path is a str field
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        train_backbone(BackboneConfig(**BACKBONE), "unused", device="gpu", progress=False)
 
 
 def test_config_files_and_help(tmp_path):

@@ -27,7 +27,9 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             kind = _base_type(self._types()[f.name])
-            if kind is tuple and isinstance(value, list):
+            if kind is str and isinstance(value, os.PathLike):
+                setattr(self, f.name, os.fspath(value))
+            elif kind is tuple and isinstance(value, list):
                 setattr(self, f.name, tuple(value))
             elif kind is float and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
