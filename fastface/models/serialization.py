@@ -21,6 +21,7 @@ FORMAT_VERSION = 1
 BUILDERS = {
     "backbone": "fastface.backbones.build:build_backbone",
     "r3an": "fastface.models.r3an:build_transform",
+    "facevit": "fastface.models.facevit:build_facevit",
 }
 
 

@@ -1,13 +1,11 @@
 """Image grids as PNG files (training samples: reconstructions, generated faces)."""
 import math
-import os
 
-import numpy as np
 import torch
 
 
 def image_grid(images, nrow=8, pad=2):
-    """images (N, C, H, W) in [0, 1] (C = 1 or 3) -> uint8 (rows*(H+pad)+pad, nrow*(W+pad)+pad, 3), white padding."""
+    """images (N, C, H, W) in [0, 1] (C = 1 or 3) -> (3, rows*(H+pad)+pad, nrow*(W+pad)+pad), white padding."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be a (N, C, H, W) tensor with C = 1 or 3, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -21,15 +19,10 @@ def image_grid(images, nrow=8, pad=2):
     for i in range(n):
         r, q = divmod(i, nrow)
         grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return grid
 
 
 def save_image_grid(path, images, nrow=8, pad=2):
-    """Write image_grid(images, nrow, pad) to path as PNG (atomically); returns path."""
-    from PIL import Image
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    Image.fromarray(image_grid(images, nrow, pad)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    """Write image_grid(images, nrow, pad) to path as PNG; returns path."""
+    from .flows import save_png
+    return save_png(path, image_grid(images, nrow, pad))
