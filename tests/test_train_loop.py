@@ -74,7 +74,8 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, name):
 
 
 def test_every_trainer_is_covered():
-    assert set(TRAINERS) == {"backbone", "r3an"}   # add the new trainer to the resume test above
+    # exact resume: backbone and r3an above, facevit (every variant) in tests/test_facevit.py; add a new trainer
+    assert set(TRAINERS) == {"backbone", "r3an", "facevit"}
 
 
 def test_checkpoint_holds_the_full_state(tmp_path):
@@ -395,8 +396,8 @@ def test_cli_train_shape_resume_and_errors(tmp_path, capsys):
     assert main(["train", "backbone", "--set", "colour=red", "--out", str(tmp_path / "x")]) == 2
     assert "valid keys: seed, epochs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "facevit", "--out", str(tmp_path / "x")])   # only implemented trainers are listed
-    assert "invalid choice: 'facevit'" in capsys.readouterr().err
+        main(["train", "gan", "--out", str(tmp_path / "x")])   # only implemented trainers are listed
+    assert "invalid choice: 'gan'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "r3an", "--help"])
     out = capsys.readouterr().out

@@ -65,6 +65,9 @@ class FaceViTConfig:
         if self.layout == "public" and self.variant != "v" and self.token_dim != self.dim:
             raise ValueError(f"layout='public' has no token projection: token_dim ({self.token_dim}) must equal "
                              f"dim ({self.dim})")
+        if self.layout == "public" and self.variant == "h1" and self.out_dim != self.dim:
+            raise ValueError(f"the public H1 normalises its [CLS] output as the feature: out_dim ({self.out_dim}) "
+                             f"must equal dim ({self.dim})")
 
     @property
     def n_tokens(self):
