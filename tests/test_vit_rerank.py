@@ -1,0 +1,180 @@
+"""fastface.vit_rerank (Face-ViT at stage 2) and `fastface identify --reranker facevit:MODEL`."""
+import json
+import os
+
+import pytest
+import torch
+
+import fastface as ff
+from fastface.models.facevit import FaceViT
+from fastface.ops.rerank import stage1_topk
+
+
+def tiny_vit(variant="h2l", layout="paper", depth=1, token_dim=12, grid=3, dim=32, seed=0):
+    torch.manual_seed(seed)
+    if layout == "public":
+        token_dim = dim
+    model = FaceViT(variant=variant, layout=layout, token_dim=token_dim, grid=grid, dim=dim, mlp_dim=64,
+                    out_dim=16, heads=2, dim_head=8, depth=depth)
+    if layout == "public" and variant == "h2l":   # non-trivial BatchNorm statistics in the heads
+        for head in (model.head1, model.head2):
+            head.norm.running_mean.normal_(0, 0.1)
+            head.norm.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def random_faces(gen, n, token_dim, grid, d=10):
+    return ff.Faces(torch.randn(n, d, generator=gen), torch.randn(n, token_dim, grid, grid, generator=gen))
+
+
+def plain_twin(query, gallery, model, k, alpha, exclude_self=False):
+    """The obvious loop: stage-1 top-k, then model.similarity on each (query, candidate) pair alone."""
+    model.eval()
+    cos, idx = stage1_topk(query.embeddings, gallery.embeddings, k, exclude_self)
+    B = idx.shape[0]
+    s = torch.empty(B, k)
+    with torch.no_grad():
+        for i in range(B):
+            for j in range(k):
+                p = model.similarity(query.patches[i:i + 1], gallery.patches[idx[i, j]:idx[i, j] + 1])[0]
+                s[i, j] = 2 * p - 1 if model.cfg.variant == "h2" else p
+    dist = alpha * (1 - s) + (1 - alpha) * (1 - cos)
+    order = dist.argsort(dim=1, stable=True)
+    return idx.gather(1, order), dist.gather(1, order), (1 - s).gather(1, order), cos.gather(1, order)
+
+
+VARIANTS = [(v, lay) for v in ("h2l", "h2", "h1") for lay in ("paper", "public")]
+
+
+@pytest.mark.parametrize("variant,layout", VARIANTS)
+@pytest.mark.parametrize("depth", [1, 2])
+def test_batched_equals_plain_loop_and_one_by_one(gen, variant, layout, depth):
+    model = tiny_vit(variant, layout, depth)
+    C, g = model.cfg.token_dim, model.cfg.grid
+    query, gallery = random_faces(gen, 4, C, g), random_faces(gen, 13, C, g)
+    res = ff.vit_rerank(query, gallery, model, k=5, alpha=0.6, pair_batch=7)
+    assert model.training   # the caller's mode is restored
+    idx, dist, vit, cos = plain_twin(query, gallery, model, 5, 0.6)
+    torch.testing.assert_close(res.indices, idx)
+    torch.testing.assert_close(res.distance, dist)
+    torch.testing.assert_close(res.emd, vit)
+    torch.testing.assert_close(res.cosine, cos)
+    assert res.flows is None and (res.n_iter == 0).all() and res.converged.all()
+    for i in range(len(query)):   # each query alone
+        one = ff.vit_rerank((query.embeddings[i:i + 1], query.patches[i:i + 1]), gallery, model, k=5, alpha=0.6)
+        torch.testing.assert_close(one.indices[0], res.indices[i])
+        torch.testing.assert_close(one.distance[0], res.distance[i])
+
+
+@pytest.mark.parametrize("variant", ["h2l", "h2", "h1"])
+def test_pair_batch_does_not_change_the_result(gen, variant):
+    model = tiny_vit(variant, grid=2, token_dim=5)
+    query, gallery = random_faces(gen, 4, 5, 2), random_faces(gen, 9, 5, 2)
+    ref = ff.vit_rerank(query, gallery, model, k=6)
+    for pair_batch in (1, 4, 6, 7, 13, 10_000):
+        res = ff.vit_rerank(query, gallery, model, k=6, pair_batch=pair_batch)
+        torch.testing.assert_close(res.indices, ref.indices)
+        torch.testing.assert_close(res.distance, ref.distance)
+
+
+def test_single_query_form_and_tuples(gen):
+    model = tiny_vit()
+    query, gallery = random_faces(gen, 3, 12, 3), random_faces(gen, 8, 12, 3)
+    batch = ff.vit_rerank(query, gallery, model, k=4)
+    one = ff.vit_rerank((query.embeddings[1], query.patches[1]), (gallery.embeddings, gallery.patches), model, k=4)
+    assert one.indices.shape == (4,) and one.distance.shape == (4,) and one.stage1_indices.shape == (4,)
+    torch.testing.assert_close(one.indices, batch.indices[1])
+    torch.testing.assert_close(one.distance, batch.distance[1])
+
+
+@pytest.mark.parametrize("variant", ["h2l", "h1"])
+def test_exclude_self(gen, variant):
+    model = tiny_vit(variant)
+    faces = random_faces(gen, 9, 12, 3)
+    res = ff.vit_rerank(faces, faces, model, k=8, exclude_self=True)
+    assert not (res.indices == torch.arange(9)[:, None]).any()
+    idx, dist, _, _ = plain_twin(faces, faces, model, 8, 0.7, exclude_self=True)
+    torch.testing.assert_close(res.indices, idx)
+    torch.testing.assert_close(res.distance, dist)
+    with pytest.raises(ValueError, match="k=9 exceeds the 8 gallery faces available"):
+        ff.vit_rerank(faces, faces, model, k=9, exclude_self=True)
+
+
+def test_alpha_ends_and_h2_distance_scale(gen):
+    model = tiny_vit("h2")
+    query, gallery = random_faces(gen, 3, 12, 3), random_faces(gen, 10, 12, 3)
+    vit_only = ff.vit_rerank(query, gallery, model, k=5, alpha=1.0)
+    torch.testing.assert_close(vit_only.distance, vit_only.emd)
+    assert ((vit_only.emd >= 0) & (vit_only.emd <= 2)).all()
+    assert (vit_only.distance.diff(dim=1) >= 0).all()
+    cos_only = ff.vit_rerank(query, gallery, model, k=5, alpha=0.0)
+    torch.testing.assert_close(cos_only.indices, cos_only.stage1_indices)
+
+
+def test_per_image_work_is_done_once_per_image(gen):
+    """The token projection and the first layer's q, k, v run on B + (distinct candidates) images, not on
+    B * k pairs; the pairs run the rest."""
+    model = tiny_vit("h2l", depth=2)
+    query, gallery = random_faces(gen, 6, 12, 3), random_faces(gen, 11, 12, 3)
+    rows = {"embed": 0, "qkv0": 0, "qkv1": 0}
+    def counter(name):
+        def hook(_module, inputs, _output):
+            rows[name] += inputs[0].shape[0]
+        return hook
+    hooks = [model.embed.register_forward_hook(counter("embed")),
+             model.blocks[0].attn.qkv.register_forward_hook(counter("qkv0")),
+             model.blocks[1].attn.qkv.register_forward_hook(counter("qkv1"))]
+    res = ff.vit_rerank(query, gallery, model, k=9, pair_batch=20)
+    for h in hooks:
+        h.remove()
+    images = 6 + res.stage1_indices.unique().numel()
+    assert rows["embed"] == images and rows["qkv0"] == images
+    assert rows["qkv1"] == 6 * 9
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_inputs_name_the_argument(gen):
+    model = tiny_vit()                                           # 3x3x12 tokens
+    query, gallery = random_faces(gen, 3, 12, 3), random_faces(gen, 8, 12, 3)
+    with pytest.raises(TypeError, match="model must be a fastface FaceViT.*Linear"):
+        ff.vit_rerank(query, gallery, torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="variant v, which reads pixels"):
+        ff.vit_rerank(query, gallery, FaceViT(variant="v", image_size=16, patch_size=8, dim=16, mlp_dim=16,
+                                              out_dim=8, heads=1, dim_head=8))
+    other = random_faces(gen, 8, 7, 3)
+    with pytest.raises(ValueError, match=r"gallery patches have 7 channels but the model was trained on 3x3x12"):
+        ff.vit_rerank(query, other, model, k=4)
+    with pytest.raises(ValueError, match=r"query patches must be the model's 3x3 grid .* got a 4x4 grid"):
+        ff.vit_rerank(random_faces(gen, 2, 12, 4), gallery, model, k=4)
+    with pytest.raises(ValueError, match=r"query patches must be the model's 3x3 grid .* got 16 patches"):
+        ff.vit_rerank((torch.randn(2, 10), torch.randn(2, 16, 12)), gallery, model, k=4)
+    strip = ff.Faces(gallery.embeddings, gallery.patches.clone(), grid=(1, 9))   # 9 patches, not 3 x 3
+    with pytest.raises(ValueError, match=r"gallery patches must be the model's 3x3 grid .* got a 1x9 grid"):
+        ff.vit_rerank(query, strip, model, k=4)
+    with pytest.raises(ValueError, match="k=9 exceeds the 8 gallery faces"):
+        ff.vit_rerank(query, gallery, model, k=9)
+    with pytest.raises(TypeError, match="k must be an int"):
+        ff.vit_rerank(query, gallery, model, k=2.0)
+    with pytest.raises(ValueError, match="alpha"):
+        ff.vit_rerank(query, gallery, model, k=2, alpha=1.5)
+    with pytest.raises(ValueError, match="pair_batch must be an int in"):
+        ff.vit_rerank(query, gallery, model, k=2, pair_batch=0)
+    with pytest.raises(ValueError, match="exclude_self needs the query set to be the gallery"):
+        ff.vit_rerank(query, gallery, model, k=2, exclude_self=True)
+    with pytest.raises(ValueError, match="model and faces must be on one device, got model on meta"):
+        ff.vit_rerank(query, gallery, tiny_vit().to("meta"), k=2)
+    bad = query.patches.clone()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="query: .*patches"):
+        ff.vit_rerank((query.embeddings, bad), gallery, model, k=2)
+    g_bad = gallery.patches.clone()
+    g_bad[:, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="gallery patches \\(of the stage-1 candidates\\)"):
+        ff.vit_rerank(query, (gallery.embeddings, g_bad), model, k=2)
+
+
+def test_wrong_model_mode_is_kept_and_no_grad(gen):
+    model = tiny_vit().eval()
+    query, gallery = random_faces(gen, 2, 12, 3), random_faces(gen, 5, 12, 3)
+    res = ff.vit_rerank(query, gallery, model, k=3)
+    assert not model.training and not res.distance.requires_grad
