@@ -178,3 +178,90 @@ def test_wrong_model_mode_is_kept_and_no_grad(gen):
     query, gallery = random_faces(gen, 2, 12, 3), random_faces(gen, 5, 12, 3)
     res = ff.vit_rerank(query, gallery, model, k=3)
     assert not model.training and not res.distance.requires_grad
+
+
+# ---------------------------------------------------------------------- fastface identify --reranker
+from test_identify import folder, tiny_ckpt  # noqa: E402,F401  (the identify tests' small fixtures)
+
+
+def saved_vit(path, variant="h2l", token_dim=64, grid=4, backbone="arcface:tiny"):
+    from fastface.models.serialization import save_model
+    torch.manual_seed(1)
+    model = FaceViT(variant=variant, token_dim=token_dim, grid=grid, dim=16, mlp_dim=32, out_dim=8, heads=2,
+                    dim_head=8, depth=1, backbone=backbone)
+    save_model(str(path), "facevit", model.cfg.to_dict(), model)
+    return str(path)
+
+
+@pytest.mark.parametrize("variant", ["h2l", "h1"])
+def test_identify_with_a_facevit_reranker(tiny_ckpt, folder, tmp_path, capsys, variant):
+    from fastface.cli import main
+    model_path = saved_vit(tmp_path / "vit.pt", variant)
+    out, figs = tmp_path / "r.json", tmp_path / "figs"
+    assert main(["identify", "--gallery", folder, "--backbone", f"arcface:{tiny_ckpt}", "--grid", "4", "--k", "5",
+                 "--reranker", f"facevit:{model_path}", "--json", str(out), "--flows", str(figs), "--n-flows", "2",
+                 "--quiet"]) == 0
+    assert "heat-map figures: 2 PNGs" in capsys.readouterr().out
+    assert sorted(os.listdir(figs)) == ["query_0000.png", "query_0001.png"]
+    res = json.loads(out.read_text())
+    assert res["reranker"] == f"facevit:{model_path}" and res["n_queries"] == 18
+    # the JSON lists are vit_rerank's (leave-one-out) on the same Faces
+    from fastface.backbones import load_encoder
+    from fastface.data import scan_image_folder
+    from fastface.eval.identification import extract_features
+    from fastface.eval.jobs import make_faces
+    enc = load_encoder(f"arcface:{tiny_ckpt}", "cpu")
+    paths, _, _ = scan_image_folder(folder)
+    loaded = enc.load_images(paths, progress=False)
+    faces = make_faces(*extract_features(enc, loaded["images"]), None, enc.image_size, 4)
+    direct = ff.vit_rerank(faces, faces, ff.load(model_path), k=5, exclude_self=True)
+    for i, q in enumerate(res["queries"]):
+        assert [paths.index(item["path"]) for item in q["stage2"]] == direct.indices[i].tolist()
+        vit = torch.tensor([item["vit"] for item in q["stage2"]])
+        torch.testing.assert_close(vit, direct.emd[i], atol=1e-5, rtol=1e-5)
+        assert all(item["distance"] == pytest.approx(0.7 * item["vit"] + 0.3 * (1 - item["cosine"]), abs=1e-5)
+                   for item in q["stage2"])
+
+
+def test_identify_reranker_checked_before_decoding(tiny_ckpt, folder, tmp_path, monkeypatch, capsys):
+    import fastface.data.folder as folder_mod
+    from fastface.cli import main
+    from fastface.models.serialization import save_model
+    monkeypatch.setattr(folder_mod, "open_image", lambda *a, **k: pytest.fail("an image was decoded"))
+    base = ["identify", "--gallery", folder, "--backbone", f"arcface:{tiny_ckpt}", "--grid", "4", "--quiet",
+            "--reranker"]
+    dlib_vit = saved_vit(tmp_path / "dlib.pt", token_dim=128, grid=8, backbone="dlib")
+    assert main(base + [f"facevit:{dlib_vit}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (f"reranker facevit:{dlib_vit} was trained on 8x8x128 tokens (backbone dlib), "
+                                     f"but --backbone arcface:{tiny_ckpt} with --grid 4 gives 4x4x64 patches") in err
+    grid8 = saved_vit(tmp_path / "g8.pt", grid=8)
+    assert main(base + [f"facevit:{grid8}"]) == 2
+    assert "trained on 8x8x64 tokens" in capsys.readouterr().err
+    assert main(base + ["sinkhorn"]) == 2
+    assert "reranker must be emd or facevit:MODEL" in capsys.readouterr().err
+    assert main(base + [f"facevit:{tmp_path / 'missing.pt'}"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    backbone = tmp_path / "bb.pt"
+    save_model(str(backbone), "facevit", FaceViT(variant="v", image_size=16, patch_size=8, dim=16, mlp_dim=16,
+                                                 out_dim=8, heads=1, dim_head=8).cfg.to_dict(),
+               FaceViT(variant="v", image_size=16, patch_size=8, dim=16, mlp_dim=16, out_dim=8, heads=1, dim_head=8))
+    assert main(base + [f"facevit:{backbone}"]) == 2
+    assert "variant v, which reads pixels" in capsys.readouterr().err
+    assert main(base + [f"facevit:{tiny_ckpt}"]) == 2          # a backbone's model.pt, not a facevit
+    assert "holds a backbone model, not a facevit" in capsys.readouterr().err
+
+
+def test_evaluate_identification_with_a_reranker_equals_vit_rerank(gen):
+    from fastface.eval.identification import evaluate_identification
+    model = tiny_vit("h2", grid=2, token_dim=6)
+    faces = random_faces(gen, 11, 6, 2)
+    labels = torch.arange(11) % 3
+    res = evaluate_identification(faces, faces, labels, labels, k=4, exclude_self=True, batch_size=3,
+                                  reranker=model, keep_flows=2)
+    whole = ff.vit_rerank(faces, faces, model, k=4, exclude_self=True)
+    torch.testing.assert_close(res["stage2_indices"], whole.indices)
+    torch.testing.assert_close(res["stage2_emd"], whole.emd)
+    assert "flows" not in res
+    with pytest.raises(TypeError, match="reranker must be a fastface FaceViT"):
+        evaluate_identification(faces, faces, labels, labels, k=4, reranker="emd")
