@@ -94,7 +94,7 @@ def vit_rerank(query, gallery, model, *, k=100, alpha=0.7, exclude_self=False, p
         with torch.no_grad():
             cos, idx = topk_cosine(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
             rows, inverse = idx.unique(return_inverse=True)        # distinct candidates; idx = rows[inverse]
-            cand = g.patches.index_select(0, rows)                 # (R, n, C)
+            cand = g.patches[rows]                                 # (R, n, C)
             if not g.patches_checked:
                 check_all_finite("gallery patches (of the stage-1 candidates)", cand)
             s = _pair_similarity(model, q.patches, cand, inverse, pair_batch)                  # (B, k)
@@ -134,7 +134,8 @@ def _pair_similarity(model, query_patches, cand_patches, inverse, pair_batch):
             sel = inverse[q0:q1, c0:c1]                                                   # (b, c)
             b, c = sel.shape
             one = [t[q0:q1].unsqueeze(1).expand(b, c, *t.shape[1:]) for t in parts_q]    # views: no copy
-            two = [t.index_select(0, sel.reshape(-1)).view(b, c, *t.shape[1:]) for t in parts_c]
+            # t[rows], not t.index_select: on this torch's CPU index_select of wide rows is ~100x slower
+            two = [t[sel.reshape(-1)].view(b, c, *t.shape[1:]) for t in parts_c]
             out[q0:q1, c0:c1] = _similarity(model, model.pair_outputs(one, two)).view(b, c)
     return out
 
@@ -148,9 +149,10 @@ def _similarity(model, outputs):
 
 
 def _parts(model, patches, slot, batch):
-    """model.image_parts of every image (n_images, ...), in passes of at most `batch` images."""
+    """model.image_parts of every image (n_images, ...), contiguous (q, k, v are views of one projection:
+    gathering rows of a view is slow), in passes of at most `batch` images."""
     pieces = [model.image_parts(patches[i:i + batch], slot) for i in range(0, patches.shape[0], batch)]
-    return [torch.cat(p) if len(pieces) > 1 else p[0] for p in zip(*pieces)]
+    return [torch.cat(p) if len(pieces) > 1 else p[0].contiguous() for p in zip(*pieces)]
 
 
 def _features(model, patches, batch):
