@@ -132,6 +132,21 @@ def test_per_image_work_is_done_once_per_image(gen):
     assert rows["qkv1"] == 6 * 9
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+@pytest.mark.parametrize("variant", ["h2l", "h2", "h1"])
+def test_cuda_equals_cpu(gen, variant):
+    model = tiny_vit(variant)
+    query, gallery = random_faces(gen, 5, 12, 3), random_faces(gen, 14, 12, 3)
+    cpu = ff.vit_rerank(query, gallery, model, k=6, pair_batch=8)
+    to = lambda f: ff.Faces(f.embeddings.cuda(), f.patches.cuda())  # noqa: E731
+    gpu = ff.vit_rerank(to(query), to(gallery), model.cuda(), k=6, pair_batch=8)
+    assert gpu.indices.device.type == "cuda"
+    torch.testing.assert_close(gpu.distance.cpu(), cpu.distance, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gpu.indices.cpu(), cpu.indices)
+    with pytest.raises(ValueError, match="model and faces must be on one device"):
+        ff.vit_rerank(query, gallery, model, k=6)
+
+
 # ---------------------------------------------------------------------- bad input
 def test_bad_inputs_name_the_argument(gen):
     model = tiny_vit()                                           # 3x3x12 tokens
