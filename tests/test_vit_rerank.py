@@ -111,6 +111,17 @@ def test_alpha_ends_and_h2_distance_scale(gen):
     torch.testing.assert_close(cos_only.indices, cos_only.stage1_indices)
 
 
+def test_half_precision_patches_are_read_as_the_model_dtype(gen):
+    model = tiny_vit("h2l", token_dim=7, grid=3)
+    query, gallery = random_faces(gen, 3, 7, 3), random_faces(gen, 9, 7, 3)
+    half = lambda f: ff.Faces(f.embeddings, f.patches.half())  # noqa: E731
+    widened = lambda f: ff.Faces(f.embeddings, f.patches.half().float())  # noqa: E731
+    res = ff.vit_rerank(half(query), half(gallery), model, k=5)
+    ref = ff.vit_rerank(widened(query), widened(gallery), model, k=5)
+    torch.testing.assert_close(res.indices, ref.indices)
+    torch.testing.assert_close(res.distance, ref.distance)
+
+
 def test_per_image_work_is_done_once_per_image(gen):
     """The token projection and the first layer's q, k, v run on B + (distinct candidates) images, not on
     B * k pairs; the pairs run the rest."""
@@ -280,3 +291,22 @@ def test_evaluate_identification_with_a_reranker_equals_vit_rerank(gen):
     assert "flows" not in res
     with pytest.raises(TypeError, match="reranker must be a fastface FaceViT"):
         evaluate_identification(faces, faces, labels, labels, k=4, reranker="emd")
+
+
+def test_bench_script_runs(capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_facevit.py")
+    spec = importlib.util.spec_from_file_location("bench_facevit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--queries", "1", "--gallery", "12", "--k", "3", "--depths", "1", "--repeats", "1",
+                       "--no-compile"]) == 0
+    table = capsys.readouterr().out
+    for row in ("DeepFace-EMD, fused", "H2L depth 1: vit_rerank", "H2L depth 1: eager PyTorch"):
+        assert row in table
+    from fastface.models.facevit import count_flops
+    cfg = bench.h2l(1, torch.device("cpu")).cfg
+    # the shared per-image parts: 2 * 3 pairs' worth less (1 query + 3 distinct candidates)
+    n, d = 64, 512
+    per_image = 2 * (n * 512 * d + (n + 1) * d * 3 * 64)
+    assert bench.vit_work_flops(cfg, 1, 3, 3) == count_flops(cfg, 3) - 2 * per_image
