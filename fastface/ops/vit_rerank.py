@@ -55,7 +55,7 @@ def vit_rerank(query, gallery, model, *, k=100, alpha=0.7, exclude_self=False, p
     q, k, v projections; h1: the whole feature) is computed once per query and once per distinct candidate;
     each pass then joins at most pair_batch pairs. Memory: those parts ((n + 1) * (dim + 3 * heads *
     dim_head) values per image) for the B queries and the distinct candidates, plus one pass of pair_batch
-    pairs (about (2n + 2) * (4 dim + mlp_dim) values each; ~1.3 MB in float32 for the dissertation's H2L).
+    pairs (about (2n + 2) * (4 dim + mlp_dim) values each; ~2 MB in float32 for the dissertation's H2L).
     The model runs in eval mode (its mode is restored afterwards).
     """
     cfg = check_vit_model(model)
