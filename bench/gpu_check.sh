@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: build with CUDA, run the kernel tests (CUDA paths included), then the GPU
 # benchmarks. Usage: bash bench/gpu_check.sh [OUTDIR] [STAGES]
-#   STAGES: any of "build tests bench r3an train full" (default "build tests bench r3an train"); "full" runs
+#   STAGES: any of "build tests bench r3an train facevit full" (default "build tests bench r3an train facevit"); "full" runs
 #   the whole suite instead of the kernel test files (the CPU-only tests are CI's job).
 # Needs torch (CUDA), triton, pybind11, scikit-build-core, pytest, pytest-benchmark and POT (carry
 # POT's wheel where there is no internet). Each stage has a time limit so that one slow stage cannot
@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-.}"
-stages="${2:-build tests bench r3an train}"
+stages="${2:-build tests bench r3an train facevit}"
 mkdir -p "$out"
 has() { [[ " $stages " == *" $1 "* ]]; }
 step() {  # step NAME LIMIT_S LOGFILE CMD...
@@ -46,4 +46,9 @@ if has r3an; then
   # R³AN transform vs ResNet-101 extraction on the GPU (the paper's ≈ 10x claim).
   step r3an-b1 120 gpu_r3an_b1.md python3 bench/bench_r3an.py --device cuda --batch 1
   step r3an-b32 120 gpu_r3an_b32.md python3 bench/bench_r3an.py --device cuda --batch 32
+fi
+if has facevit; then
+  # Face-ViT stage 2 (vit_rerank, H2L depth 1 and 8) vs fused EMD vs eager / torch.compile, k = 100; then its tests.
+  step facevit-bench 240 gpu_facevit.md python3 bench/bench_facevit.py --device cuda
+  step facevit-tests 120 gpu_facevit_tests.log python3 -m pytest -q -rs tests/test_vit_rerank.py
 fi

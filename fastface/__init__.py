@@ -8,8 +8,9 @@ from .ops.emd import emd
 from .ops.generator import FusedGenerator
 from .ops.rerank import Faces, RerankResult, emd_rerank, stage1_topk
 from .ops.sinkhorn import SinkhornResult, sinkhorn
+from .ops.vit_rerank import vit_rerank
 from .ops.weights import patch_weights
 
 __all__ = ["__version__", "backend_info", "sinkhorn", "SinkhornResult", "patch_cost",
            "patch_weights", "emd", "Faces", "emd_rerank", "RerankResult", "stage1_topk",
-           "FusedGenerator", "load"]
+           "FusedGenerator", "load", "vit_rerank"]

@@ -106,7 +106,8 @@ def cmd_identify(args):
                      alpha=args.alpha, weighting=args.weighting, grid=args.grid, eps=args.eps,
                      max_iter=args.max_iter, device=_device(args.device), batch_size=args.batch_size,
                      json_out=args.json, flows_dir=args.flows, n_flows=args.n_flows, impl=args.impl,
-                     progress=not args.quiet, protocol=args.protocol, all_faces=args.all_faces, align=args.align)
+                     progress=not args.quiet, protocol=args.protocol, all_faces=args.all_faces, align=args.align,
+                     reranker=args.reranker)
     except (ValueError, TypeError) as e:   # bad arguments or data: one line, no traceback
         print(f"fastface identify: error: {e}", file=sys.stderr)
         return 2
@@ -171,6 +172,9 @@ def main(argv=None):
                    help="use every detected face of a photograph (default: the largest); needs detection")
     p.add_argument("--occlude", default="none", choices=["none", "mask", "sunglasses", "crop"],
                    help="occlusion applied to the queries")
+    p.add_argument("--reranker", default="emd",
+                   help="stage 2: emd (DeepFace-EMD, default) or facevit:MODEL (a `fastface train facevit` "
+                        "model.pt trained on this backbone's patch maps at this --grid)")
     _protocol_arg(p)
     _retrieval_args(p)
     p.add_argument("--eps", type=float, default=0.05, help="Sinkhorn entropic regularisation")
@@ -178,7 +182,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--impl", default="auto", choices=["auto", "cpu", "cuda", "triton", "torch"])
     p.add_argument("--json", help="write the metrics and timings to this JSON file")
-    p.add_argument("--flows", help="write flow figures (ST1/ST2 rows + flow reconstructions) here")
+    p.add_argument("--flows", help="write flow figures (ST1/ST2 rows + flow reconstructions; with "
+                   "--reranker facevit:MODEL the model's cross-correlation heat maps) here")
     p.add_argument("--n-flows", type=int, default=8, help="queries to draw with --flows (default 8)")
     p.set_defaults(func=cmd_identify)
     p = sub.add_parser("eval", help="experiments: emd-experiments = DeepFace-EMD tables 5.2-5.4")

@@ -56,20 +56,27 @@ def landmarks_to_grid(landmarks68, image_size, grid):
 def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=100, alpha=0.7,
                             weighting="apc", eps=0.05, max_iter=100, exclude_self=False,
                             batch_size=64, impl="auto", emd_stage1=False, progress=False,
-                            keep_flows=0, protocol="strict"):
+                            keep_flows=0, protocol="strict", reranker=None):
     """Return a dict with stage-1 and stage-2 metrics, timings and each query's top k of both stages.
 
     query, gallery: fastface.Faces; *_labels: (n,) int identities. exclude_self: leave-one-out
     (query i is gallery row i). emd_stage1=True ranks the whole gallery by EMD alone (Table 5.3's
     "EMD at stage 1"; alpha is ignored) instead of re-ranking a cosine top-k. keep_flows=N keeps
     the flows of the first N queries (result["flows"]). protocol: "strict" or "official" (module doc).
+    reranker: a FaceViT re-ranks instead of EMD (fastface.vit_rerank; weighting, eps, max_iter, impl
+    and keep_flows do not apply, stage2_emd holds its distance 1 - s).
     Per query (B, k): stage1_indices / stage1_cosine, stage2_indices / stage2_distance /
     stage2_emd / stage2_cosine.
     """
-    from ..ops.rerank import Faces, as_faces, emd_rerank, topk_cosine
+    from ..ops.rerank import Faces, as_faces, topk_cosine
     from ..reference import unit_rows
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if reranker is not None:
+        from ..ops.vit_rerank import check_vit_model
+        check_vit_model(reranker, "reranker")
+        if emd_stage1:
+            raise ValueError("emd_stage1 ranks the whole gallery by EMD: it takes no reranker")
     query, gallery = as_faces("query", query), as_faces("gallery", gallery)
     k = as_int("k", k, min_value=1)
     batch_size = as_int("batch_size", batch_size, min_value=1)
@@ -95,16 +102,16 @@ def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=1
     per1, per2, flows, t_stage2 = [], [], [], 0.0
     kk = n_gallery if emd_stage1 else k
     for s in tqdm(range(0, len(query), batch_size), disable=not progress,
-                  desc="EMD stage 1" if emd_stage1 else "EMD re-rank"):
+                  desc="EMD stage 1" if emd_stage1 else "EMD re-rank" if reranker is None else "ViT re-rank"):
         qb = Faces(query.embeddings[s:s + batch_size], query.patches[s:s + batch_size],
                    None if query.landmarks is None else query.landmarks[s:s + batch_size], grid=query.grid)
-        want = s < keep_flows
+        want = s < keep_flows and reranker is None
         t0 = time.perf_counter()
         if exclude_self:  # leave-one-out inside a batch: shift the self index to this batch's rows
-            res = _rerank_loo(qb, gallery, s, kk, alpha, weighting, eps, max_iter, impl, want, emd_stage1)
+            res = _rerank_loo(qb, gallery, s, kk, alpha, weighting, eps, max_iter, impl, want, emd_stage1, reranker)
         else:
-            res = emd_rerank(qb, gallery, k=kk, alpha=1.0 if emd_stage1 else alpha, weighting=weighting,
-                             eps=eps, max_iter=max_iter, impl=impl, return_flows=want)
+            res = _rerank(qb, gallery, kk, 1.0 if emd_stage1 else alpha, weighting, eps, max_iter, impl, want,
+                          reranker)
         t_stage2 += time.perf_counter() - t0
         parts["indices"].append(res.indices[:, :k].cpu())
         parts["distance"].append(res.distance[:, :k].cpu())
@@ -132,7 +139,7 @@ def evaluate_identification(query, gallery, query_labels, gallery_labels, *, k=1
            "stage1_indices": st1.cpu(), "stage1_cosine": cos1.cpu(), "stage2_indices": st2,
            "stage2_distance": torch.cat(parts["distance"]), "stage2_emd": torch.cat(parts["emd"]),
            "stage2_cosine": torch.cat(parts["cosine"])}
-    if keep_flows:
+    if flows:
         out["flows"] = torch.cat(flows)
     return out
 
@@ -155,13 +162,22 @@ def _append_tail(head, full):
     return torch.cat([head, tail], 1)
 
 
-def _rerank_loo(qb, gallery, start, k, alpha, weighting, eps, max_iter, impl, want, emd_stage1):
-    """Leave-one-out for query rows start.. of the gallery: exclude each query's own gallery row."""
+def _rerank(qb, gallery, k, alpha, weighting, eps, max_iter, impl, want, reranker=None):
+    """Stage 2 of one batch of queries: emd_rerank, or vit_rerank with a FaceViT reranker."""
+    if reranker is not None:
+        from ..ops.vit_rerank import vit_rerank
+        return vit_rerank(qb, gallery, reranker, k=k, alpha=alpha)
     from ..ops.rerank import emd_rerank
-    # emd_rerank's exclude_self assumes query i == gallery i; for a batch at offset `start` we mask by
+    return emd_rerank(qb, gallery, k=k, alpha=alpha, weighting=weighting, eps=eps, max_iter=max_iter, impl=impl,
+                      return_flows=want)
+
+
+def _rerank_loo(qb, gallery, start, k, alpha, weighting, eps, max_iter, impl, want, emd_stage1, reranker=None):
+    """Leave-one-out for query rows start.. of the gallery: exclude each query's own gallery row."""
+    # the rerankers' exclude_self assume query i == gallery i; for a batch at offset `start` we mask by
     # asking for k + 1 candidates and dropping the self index.
-    res = emd_rerank(qb, gallery, k=min(k + 1, len(gallery)), alpha=1.0 if emd_stage1 else alpha,
-                     weighting=weighting, eps=eps, max_iter=max_iter, impl=impl, return_flows=want)
+    res = _rerank(qb, gallery, min(k + 1, len(gallery)), 1.0 if emd_stage1 else alpha, weighting, eps, max_iter,
+                  impl, want, reranker)
     self_idx = torch.arange(start, start + len(qb), device=res.indices.device)[:, None]
     keep = res.indices != self_idx
     # every row keeps exactly k entries (the self row is dropped, or the last one when absent)

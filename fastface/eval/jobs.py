@@ -74,6 +74,59 @@ def write_flow_figures(out_dir, result, query_images, gallery_images, query_labe
     return paths
 
 
+def vit_output_tokens(model, x1, x2):
+    """The model's encoder output tokens of each image of the pairs (x1[i], x2[i]), (P, n, dim) twice: the
+    2-image variants see both images at once; h1 encodes each image alone."""
+    if model.cfg.two_image:
+        return model.output_tokens(x1, x2)
+    return tuple(model.encode(model.sequence(model.tokens(x, name)))[:, 1:] for x, name in ((x1, "x1"), (x2, "x2")))
+
+
+def write_heatmap_figures(out_dir, result, query_images, gallery_images, query_labels, gallery_labels, grid, n,
+                          query, gallery, model, top=5, prefix="query"):
+    """The Face-ViT counterpart of write_flow_figures: ST1 row, ST2 row and the cross-correlation heat maps
+    (section 5.3.3) of the query and each of its top stage-2 candidates from the model's output tokens."""
+    from ..viz import save_png
+    from ..viz.heatmaps import cross_correlation, rerank_heatmap_figure
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    device = next(model.parameters()).device
+    for i in range(min(n, result["stage2_indices"].shape[0])):
+        cand = result["stage2_indices"][i][:top]
+        x2 = gallery.patches[cand.to(gallery.patches.device)].to(device)               # (t, n, C)
+        x1 = query.patches[i:i + 1].to(device).expand(len(cand), -1, -1)
+        with torch.no_grad():
+            maps_q, maps_g = cross_correlation(*vit_output_tokens(model, x1, x2))      # (t, n) each
+        fig = rerank_heatmap_figure(query_images[i], gallery_images, result["stage1_indices"][i], cand,
+                                    maps_q.cpu(), maps_g.cpu(), grid, query_label=int(query_labels[i]),
+                                    gallery_labels=gallery_labels, top=top)
+        path = os.path.join(out_dir, f"{prefix}_{i:04d}.png")
+        save_png(path, fig)
+        paths.append(path)
+    return paths
+
+
+def load_reranker(spec, enc, grid, device):
+    """None for "emd"; the FaceViT of "facevit:MODEL" on device, after checking that it reads the tokens
+    --backbone and --grid give (grid x grid patches of the encoder's channels). Reads no image."""
+    if not isinstance(spec, str) or not (spec == "emd" or spec.startswith("facevit:")):
+        raise ValueError(f"reranker must be emd or facevit:MODEL (a `fastface train facevit` model.pt), got {spec!r}")
+    if spec == "emd":
+        return None
+    path = spec.split(":", 1)[1]
+    if not os.path.isfile(path):
+        raise ValueError(f"reranker {spec}: no such file {path!r}")
+    from ..models.serialization import load
+    from ..ops.vit_rerank import check_vit_model
+    model = load(path, device, kind="facevit")
+    cfg = check_vit_model(model, f"reranker {spec}")
+    if (cfg.token_dim, cfg.grid) != (enc.map_channels, grid):
+        raise ValueError(f"reranker {spec} was trained on {cfg.grid}x{cfg.grid}x{cfg.token_dim} tokens (backbone "
+                         f"{cfg.backbone or 'not recorded'}), but --backbone {enc.name} with --grid {grid} gives "
+                         f"{grid}x{grid}x{enc.map_channels} patches")
+    return model
+
+
 def pick_fixed_query(result, query_labels, gallery_labels):
     """Index of a query that stage 2 gets right and stage 1 wrong (else one both get right, else 0)."""
     g = torch.as_tensor(gallery_labels)
@@ -125,12 +178,13 @@ def check_identify_args(enc, *, k, alpha, weighting, grid, eps, max_iter, batch_
                          "(use --backbone dlib or --align dlib)")
 
 
-def ranked_lists(res, i, names, paths, labels):
-    """Query i's top-k of both stages: [{identity, path, score...}] in rank order."""
+def ranked_lists(res, i, names, paths, labels, stage2_score="emd"):
+    """Query i's top-k of both stages: [{identity, path, score...}] in rank order; stage2_score names the
+    stage-2 distance (emd, or vit: the Face-ViT's 1 - s)."""
     def item(j, **scores):
         return {"identity": names[int(labels[j])], "path": paths[j], **{k: float(v) for k, v in scores.items()}}
     s1 = [item(int(j), cosine=c) for j, c in zip(res["stage1_indices"][i], res["stage1_cosine"][i])]
-    s2 = [item(int(j), distance=d, emd=e, cosine=c) for j, d, e, c in
+    s2 = [item(int(j), distance=d, **{stage2_score: e}, cosine=c) for j, d, e, c in
           zip(res["stage2_indices"][i], res["stage2_distance"][i], res["stage2_emd"][i], res["stage2_cosine"][i])]
     return s1, s2
 
@@ -138,20 +192,22 @@ def ranked_lists(res, i, names, paths, labels):
 def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, alpha=0.7,
                  weighting="apc", grid=8, eps=0.05, max_iter=100, device="cpu", batch_size=64,
                  json_out=None, flows_dir=None, n_flows=8, impl="auto", progress=True, echo=print,
-                 protocol="strict", all_faces=False, align="none"):
+                 protocol="strict", all_faces=False, align="none", reranker="emd"):
     """`fastface identify`: image folders (DIR/<identity>/<image>); leave-one-out when queries is None.
 
     Unreadable files are skipped and counted (n_unreadable), as are files without a detected face
     (n_unaligned); all_faces uses every detected face of a file (each labelled with its folder's
     identity), else the largest. protocol "official" scores as the public DeepFace-EMD code does
     (eval.identification); with occlusions in leave-one-out it keeps each query's clean original in
-    the gallery, as the official protocol does."""
+    the gallery, as the official protocol does. reranker: "emd" or "facevit:MODEL" (fastface.vit_rerank at
+    stage 2; --flows then draws the model's cross-correlation heat maps)."""
     from ..backbones import load_encoder
     from ..data import scan_image_folder
     enc = load_encoder(backbone, device, align)
     check_identify_args(enc, k=k, alpha=alpha, weighting=weighting, grid=grid, eps=eps, max_iter=max_iter,
                         batch_size=batch_size, n_flows=n_flows, occlude=occlude, protocol=protocol,
                         all_faces=all_faces)
+    model = load_reranker(reranker, enc, grid, device)
     g_paths, g_labels, g_names = scan_image_folder(gallery)
     if queries is not None:
         q_paths, q_lab, q_names = scan_image_folder(queries)
@@ -191,8 +247,9 @@ def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, 
     res = evaluate_identification(query_faces, gallery_faces, q_labels, g_labels, k=k, alpha=alpha,
                                   weighting=weighting, eps=eps, max_iter=max_iter, exclude_self=exclude_self,
                                   batch_size=batch_size, impl=impl, progress=progress,
-                                  keep_flows=n_flows if flows_dir else 0, protocol=protocol)
-    res.update(setting=f"{enc.name} occlude={occlude} grid={grid} {weighting} alpha={alpha}",
+                                  keep_flows=n_flows if flows_dir else 0, protocol=protocol, reranker=model)
+    stage2 = weighting if model is None else reranker
+    res.update(setting=f"{enc.name} occlude={occlude} grid={grid} {stage2} alpha={alpha}", reranker=reranker,
                time_load_s=t_load, time_features_s=t_feat, n_unaligned=n_dropped, n_unreadable=n_unreadable,
                unreadable=g["unreadable"] + ([] if queries is None else q["unreadable"]),
                backbone=backbone, occlude=occlude, grid=grid, weighting=weighting, alpha=alpha,
@@ -207,15 +264,19 @@ def run_identify(gallery, queries=None, backbone="dlib", occlude="none", k=100, 
          + "".join(f"; {m}" for m in skipped if m))
     q_face_paths = [q_paths[i] for i in q["source"].tolist()]
     g_face_paths = [g_paths[i] for i in g["source"].tolist()]
-    if flows_dir:
+    if flows_dir and model is None:
         paths = write_flow_figures(flows_dir, res, q_images, g["images"], q_labels, g_labels, grid, n_flows,
                                    query_faces, gallery_faces, weighting)
         echo(f"flow figures: {len(paths)} PNGs in {flows_dir}")
+    elif flows_dir:
+        paths = write_heatmap_figures(flows_dir, res, q_images, g["images"], q_labels, g_labels, grid, n_flows,
+                                      query_faces, gallery_faces, model)
+        echo(f"heat-map figures: {len(paths)} PNGs in {flows_dir}")
     if json_out:
         out = public(res)
         out["queries"] = []
         for i in range(len(q_labels)):
-            s1, s2 = ranked_lists(res, i, names, g_face_paths, g_labels)
+            s1, s2 = ranked_lists(res, i, names, g_face_paths, g_labels, "emd" if model is None else "vit")
             out["queries"].append({"path": q_face_paths[i], "identity": names[int(q_labels[i])],
                                    "stage1": s1, "stage2": s2})
         with open(json_out, "w") as fh:

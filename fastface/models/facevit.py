@@ -275,6 +275,28 @@ class FaceViT(nn.Module):
             return torch.sigmoid(self(x1, x2).float())
         return F.cosine_similarity(self(x1).float(), self(x2).float(), dim=-1)
 
+    # ------------------------------------------------------------------ pairs from per-image parts (vit_rerank)
+    def image_parts(self, x, slot=0):
+        """What one image contributes to any pair, computed once per image: the embedded sequence piece
+        [CLS] tokens(1) (slot 0) or [SEP] tokens(2) (slot 1) with positions, e (B, n + 1, dim), and the first
+        layer's (q, k, v) of it, each (B, heads, n + 1, dim_head). x: validated tokens (B, n, token_dim)."""
+        e = self.emb_drop(torch.cat([self.special(x.shape[0], slot), self.embed_tokens(x, slot)], 1))
+        first = self.blocks[0]
+        q, k, v = first.attn.split(first.attn.qkv(first.attn_input(e)))
+        return e, q, k, v
+
+    def pair_outputs(self, part1, part2):
+        """outputs() of the pairs whose image parts (image_parts, gathered per pair: e (*P, n + 1, dim), q, k, v
+        (*P, heads, n + 1, dim_head); *P any batch shape, expanded views welcome) are part1 (slot 0) and part2
+        (slot 1), flattened to P pairs: the first layer goes on from its attention; equal to forward(x1, x2)."""
+        z = torch.cat([part1[0], part2[0]], -2).flatten(0, -3)                 # (P, 2n + 2, dim)
+        q, k, v = (torch.cat([a, b], -2).flatten(0, -4) for a, b in zip(part1[1:], part2[1:]))  # (P, h, 2n + 2, d)
+        first = self.blocks[0]
+        z = first.finish(z, first.attn.attend(q, k, v))
+        for block in self.blocks[1:]:
+            z = block(z)
+        return self.outputs(z)
+
     def extra_repr(self):
         c = self.cfg
         return f"variant={c.variant}, depth={c.depth}, heads={c.heads}, dim={c.dim}, layout={c.layout}"
