@@ -14,8 +14,9 @@ def tiny_vit(variant="h2l", layout="paper", depth=1, token_dim=12, grid=3, dim=3
     torch.manual_seed(seed)
     if layout == "public":
         token_dim = dim
+    out_dim = dim if (layout, variant) == ("public", "h1") else 16     # the public H1's feature is its [CLS]
     model = FaceViT(variant=variant, layout=layout, token_dim=token_dim, grid=grid, dim=dim, mlp_dim=64,
-                    out_dim=16, heads=2, dim_head=8, depth=depth)
+                    out_dim=out_dim, heads=2, dim_head=8, depth=depth)
     if layout == "public" and variant == "h2l":   # non-trivial BatchNorm statistics in the heads
         for head in (model.head1, model.head2):
             head.norm.running_mean.normal_(0, 0.1)
