@@ -335,3 +335,13 @@ def test_cli_trains_facevit(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["heatmaps_0000002.png", "heatmaps_0000004.png"]
     assert main(["train", "facevit", "--set", "variant=c", "--out", str(tmp_path / "c")]) == 2
     assert "nothing to train" in capsys.readouterr().err
+
+
+def test_trains_on_an_image_folder(tmp_path):
+    from fastface.data import SynthFaces, export_image_folder
+    export_image_folder(SynthFaces(n_identities=4, images_per_identity=3, size=64, seed=3), tmp_path / "faces")
+    cfg = FaceViTTrainConfig(**{**TRAIN, "data": str(tmp_path / "faces"), "epochs": 1, "pairs": 16})
+    out = train_facevit(cfg, tmp_path / "run", progress=False)
+    assert out["step"] == 2 and out["arcface"].weight.shape[0] == 4          # 4 identities from the folder
+    model = fastface.load(tmp_path / "run" / "model.pt")
+    assert (model.cfg.token_dim, model.cfg.grid, model.cfg.backbone) == (128, 8, "arcface")   # the shipped backbone

@@ -22,6 +22,7 @@ BUILDERS = {
     "backbone": "fastface.backbones.build:build_backbone",
     "r3an": "fastface.models.r3an:build_transform",
     "facevit": "fastface.models.facevit:build_facevit",
+    "gan": "fastface.models.dcgan:build_generator",
 }
 
 
