@@ -97,3 +97,17 @@ def test_encoder_features_bring_images_to_the_encoder():
     torch.testing.assert_close(grey, encoder_features(enc, x.mean(1, keepdim=True).expand(-1, 3, -1, -1)))
     with pytest.raises(ValueError, match=r"images must be a \(N, C, H, W\)"):
         encoder_features(enc, torch.rand(3, 32, 32))
+
+
+def test_encoder_features_with_dlib():
+    pytest.importorskip("dlib", reason="the dlib extra (dlib-bin) is not installed")
+    from fastface.backbones import load_encoder
+    from fastface.backbones.dlib_resnet import model_path
+    try:
+        model_path()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    enc = load_encoder("dlib")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))   # resized to dlib's 150 x 150
+    feats = encoder_features(enc, x)
+    assert feats.shape == (2, 128) and torch.isfinite(feats).all()

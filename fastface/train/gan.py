@@ -14,6 +14,7 @@ n_fid generated faces, from fixed latents, and n_fid training faces). Both use G
 BatchNorm statistics), the generator model.pt exports. model.pt holds the generator (kind "gan"); the
 discriminator stays in last.pt.
 """
+import time
 from dataclasses import dataclass
 
 import torch
@@ -239,7 +240,7 @@ class GANTrainer(Trainer):
         fake = encoder_features(self._encoder, self.generate(self.fid_latents))
         fid = frechet_distance(fake, self._real_features)
         self.run.log({"event": "eval", "fid": fid, "n_fake": fake.shape[0], "n_real": self._real_features.shape[0],
-                      "encoder": self.cfg.fid_encoder})
+                      "encoder": self.cfg.fid_encoder, "time": time.time()})
         return fid
 
     def finish(self):
