@@ -38,6 +38,7 @@ class GANTrainConfig(TrainConfig):
     width: int = 64                   # generator: channels before the image layer (doubling towards 4x4)
     max_width: int = 512
     d_width: int = 64                 # discriminator: channels of its first layer
+    spectral_norm: bool = False       # discriminator: spectral norm on every conv (with or instead of R1)
     lr: float = 2e-4
     beta1: float = 0.0                # Adam betas (beta1, beta2): (0, 0.99) as StyleGAN, (0.5, 0.99) DCGAN-like
     beta2: float = 0.99
@@ -70,7 +71,8 @@ class GANTrainConfig(TrainConfig):
 
     def gan_config(self):
         return GANConfig(latent_dim=self.latent_dim, image_size=self.image_size, channels=self.channels,
-                         width=self.width, max_width=self.max_width, d_width=self.d_width)
+                         width=self.width, max_width=self.max_width, d_width=self.d_width,
+                         spectral_norm=self.spectral_norm)
 
 
 # ------------------------------------------------------------------------------------- losses
