@@ -38,7 +38,9 @@ def main():
     args = ap.parse_args()
     start, evals, steps = read(args.run_dir)
     cfg = start["config"]
-    print(f"Config: {json.dumps({k: cfg[k] for k in ('image_size', 'latent_dim', 'width', 'max_width', 'd_width', 'batch_size', 'lr', 'beta1', 'beta2', 'r1_gamma', 'r1_every', 'n_fid', 'fid_encoder')})}\n")
+    keys = ("image_size", "latent_dim", "width", "max_width", "d_width", "batch_size", "lr", "beta1", "beta2",
+            "r1_gamma", "r1_every", "n_fid", "fid_encoder")
+    print(f"Config: {json.dumps({k: cfg.get(k) for k in keys})}\n")
     t0 = evals[0].get("time") if evals else None
     print("| step | FID-style score | mean loss_d | mean loss_g | minutes since the first evaluation |")
     print("|---|---|---|---|---|")

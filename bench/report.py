@@ -251,8 +251,10 @@ def gan_models(device, model_path=None):
             f"parameters", g.eval().to(device))]
     if model_path:
         t = ff.load(model_path, kind="gan")
-        out.append((f"GAN G, {model_path} (latent {t.cfg.latent_dim}, width {t.cfg.width}, {t.cfg.image_size}x"
-                    f"{t.cfg.image_size}): {sum(p.numel() for p in t.parameters()) / 1e6:.2f} M parameters", t.to(device)))
+        size = f"{t.cfg.image_size}x{t.cfg.image_size}"
+        n = sum(p.numel() for p in t.parameters()) / 1e6
+        out.append((f"GAN G, {model_path} (latent {t.cfg.latent_dim}, width {t.cfg.width}, {size}): {n:.2f} M "
+                    f"parameters", t.to(device)))
     return out
 
 

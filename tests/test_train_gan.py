@@ -1,7 +1,6 @@
 """`fastface train gan`: the losses, R1 against a hand computation, one step against a replica, exact
 resume, the FID-style score and sample grids, image folders, the CLI; `fastface sample`."""
 import copy
-import json
 
 import numpy as np
 import pytest
