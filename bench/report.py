@@ -4,6 +4,7 @@
   python bench/report.py --gpu      # GPU: LFW-scale stage 2 (13,233 queries x k = 100) + latency
   python bench/report.py [--gpu] --generator   # FusedGenerator vs eager vs torch.compile
   python bench/report.py --faces    # Faces from (n, C, H, W) maps vs contiguous, 10,000 faces
+  python bench/report.py [--gpu] --gan [--gan-model M]   # GAN sampling: eager vs FusedGenerator
 Medians of repeated, warmed-up, synchronised calls. Append the output to bench/RESULTS.md.
 """
 import argparse
@@ -235,14 +236,85 @@ def generator_report(device, batches, use_compile=True):
         print()
 
 
+def gan_models(device, model_path=None):
+    """[(name, eval Generator)]: `fastface train gan`'s default architecture (random weights, trained-looking BN
+    statistics) and, with model_path, a trained model.pt."""
+    from fastface.models.dcgan import GANConfig, Generator
+    torch.manual_seed(0)
+    g = Generator(GANConfig())
+    with torch.no_grad():
+        for bn in g.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.normal_(0, 0.2)
+                bn.running_var.uniform_(0.5, 2.0)
+    out = [(f"GAN G, default config (latent 512, width 64): {sum(p.numel() for p in g.parameters()) / 1e6:.1f} M "
+            f"parameters", g.eval().to(device))]
+    if model_path:
+        t = ff.load(model_path, kind="gan")
+        size = f"{t.cfg.image_size}x{t.cfg.image_size}"
+        n = sum(p.numel() for p in t.parameters()) / 1e6
+        out.append((f"GAN G, {model_path} (latent {t.cfg.latent_dim}, width {t.cfg.width}, {size}): {n:.2f} M "
+                    f"parameters", t.to(device)))
+    return out
+
+
+def best_interleaved(fns, repeat, sync=None, warmup=2):
+    """Best (minimum) time of each fn over `repeat` rounds that call them in turn: robust to other jobs
+    sharing the cores (they slow both alike within a round; the minimum is the least disturbed call)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            if sync:
+                sync()
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
+def gan_report(device, batches=(1, 64, 256), model_path=None):
+    """Sampling throughput of the GAN generator: eager (PixelNorm + layers) vs FusedGenerator, faces/s
+    (best of interleaved calls)."""
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    sync = torch.cuda.synchronize if gpu else None
+    where = torch.cuda.get_device_name(dev) if gpu else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"### GAN sampling (`fastface sample`) on {where}, torch {torch.__version__}\n")
+    for name, g in gan_models(dev, model_path):
+        fg = ff.FusedGenerator.from_module(g)
+        print(f"{name}\n")
+        print("| batch | eager | fused | eager faces/s | fused faces/s | fused vs eager | max rel. err |")
+        print("|---|---|---|---|---|---|---|")
+        for B in batches:
+            z = torch.randn(B, g.latent_dim, device=dev)
+            rep = 41 if B <= 8 else (15 if B <= 64 else 7)
+            with torch.inference_mode():
+                want, got = g(z), fg(z)
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                te, tf = best_interleaved([lambda: g(z), lambda: fg(z)], rep, sync)
+            print(f"| {B} | {te * 1e3:.2f} ms | {tf * 1e3:.2f} ms | {B / te:.0f} | {B / tf:.0f} | {te / tf:.2f}x | "
+                  f"{err:.1e} |", flush=True)
+        print()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--generator", action="store_true", help="only the FusedGenerator section")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in --generator")
     ap.add_argument("--faces", action="store_true", help="only the Faces-layout section")
+    ap.add_argument("--gan", action="store_true", help="only GAN sampling: eager vs FusedGenerator, batch 1/64/256")
+    ap.add_argument("--gan-model", help="with --gan: also a trained `fastface train gan` model.pt")
     args = ap.parse_args()
-    if args.faces:
+    if args.gan:
+        gan_report("cuda" if args.gpu else "cpu", model_path=args.gan_model)
+    elif args.faces:
         faces_report()
     elif args.generator:
         generator_report("cuda" if args.gpu else "cpu",

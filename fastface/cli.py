@@ -91,6 +91,18 @@ def cmd_transform(args):
     return 0
 
 
+def cmd_sample(args):
+    from .gan_sampling import run_sample
+    try:
+        run_sample(args.model, args.out, n=args.n, seed=args.seed, latents_out=args.latents,
+                   device=_device(args.device), impl=args.impl, nrow=args.nrow, batch_size=args.batch_size)
+    except (ValueError, TypeError) as e:   # bad arguments or model file: one line, no traceback
+        print(f"fastface sample: error: {e}", file=sys.stderr)
+        return 2
+    print(f"sampled {args.n} faces -> {args.out}{f', latents {args.latents}' if args.latents else ''}")
+    return 0
+
+
 def _device(name):
     import torch
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -208,6 +220,19 @@ def main(argv=None):
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_transform)
+    p = sub.add_parser("sample", help="GAN: draw faces from a `fastface train gan` generator (FusedGenerator) "
+                                      "into a grid PNG")
+    p.add_argument("--model", required=True, help="a `fastface train gan` model.pt (or last.pt)")
+    p.add_argument("--n", type=int, default=64, help="faces to draw (default 64)")
+    p.add_argument("--out", required=True, help="grid PNG (images mapped from [-1, 1] to [0, 1])")
+    p.add_argument("--seed", type=int, default=0, help="latents ~ N(0, I) from this seed (default 0)")
+    p.add_argument("--latents", help="also write the latents (n, latent_dim) float32 to this .npy")
+    p.add_argument("--nrow", type=int, default=8, help="faces per grid row (default 8)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--impl", default="auto", choices=["auto", "cpu", "cuda", "torch"],
+                   help="FusedGenerator kernels (torch: the pure-PyTorch twin)")
+    p.set_defaults(func=cmd_sample)
     args = parser.parse_args(argv)
     return args.func(args)
 

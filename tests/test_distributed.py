@@ -66,6 +66,19 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path):
     assert_states(final(full, 12), final(cut, 12), rtol=0, atol=0)
 
 
+def test_gan_with_r1_under_torchrun_resumes_exactly(tmp_path):
+    """The R1 penalty's double backward next to DistributedDataParallel: runs, and a killed run resumes."""
+    cfg = dict(n_identities=4, images_per_identity=4, image_size=8, latent_dim=8, width=4, max_width=8,
+               d_width=4, batch_size=2, epochs=2, r1_every=2, checkpoint_every=2, n_samples=4)
+    full = worker(tmp_path, 2, "gan", "full", cfg)
+    cut = worker(tmp_path, 2, "gan", "cut", cfg, stop_after=3)
+    worker(tmp_path, 2, "gan", "cut", cfg)
+    assert_states(final(full, 8), final(cut, 8), rtol=0, atol=0)
+    records = [json.loads(line) for line in open(full / "log.jsonl")]
+    assert [r["step"] for r in records if "r1" in r] == [1, 3, 5, 7]
+    assert fastface.load(full / "model.pt", kind="gan").cfg.image_size == 8
+
+
 def test_backbone_under_torchrun_resumes_and_evaluates_each_image_once(tmp_path):
     """BatchNorm keeps per-process statistics (as DDP does), so the backbone is compared with itself:
     a 2-process run killed and resumed equals an uninterrupted one; data come from a worker process."""

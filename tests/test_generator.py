@@ -219,6 +219,59 @@ def test_bn_after_activation_and_multiple_bns(gen):
     assert_rel_close(fg(z, impl="cpu"), eager64(module, z))
 
 
+def gan_generator(gen, latent_dim=24, image_size=16, channels=3):
+    """fastface's GAN generator (PixelNorm on z, Unflatten, ConvT/BN/ReLU, Tanh), random weights and BN stats."""
+    from fastface.models.dcgan import GANConfig, Generator
+    cfg = GANConfig(latent_dim=latent_dim, image_size=image_size, channels=channels, width=4, max_width=12)
+    return randomize_(Generator(cfg), gen)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gan_generator_with_pixel_norm(impl, gen):
+    module = gan_generator(gen)
+    fg = ff.FusedGenerator.from_module(module)
+    assert fg.normalize_input and fg.output_shape() == (3, 16, 16) and fg.input_shape == (24, 1, 1)
+    for B in (1, 5):
+        z = torch.randn(B, 24, generator=gen) * (0.5 + torch.rand(B, 1, generator=gen) * 3)   # odd norms
+        want = eager64(module, z)
+        assert_rel_close(fg(z.to(device_of(impl)), impl=impl), want)
+        assert_rel_close(fg(z[:, :, None, None].to(device_of(impl)), impl=impl), want)
+        # pixel-norm: G(c z) = G(z) for c > 0, in the fused kernels too
+        assert_rel_close(fg((7.5 * z).to(device_of(impl)), impl=impl), want)
+    # batched == one by one; verification against the module passes
+    z = torch.randn(9, 24, generator=gen).to(device_of(impl))
+    torch.testing.assert_close(fg(z, impl=impl), torch.cat([fg(z[i:i + 1], impl=impl) for i in range(9)]),
+                               rtol=1e-5, atol=1e-6)
+    ff.FusedGenerator.from_module(module, verify=True)
+
+
+def test_pixel_norm_without_unflatten_and_the_loaded_gan(tmp_path, gen):
+    from fastface.models.dcgan import PixelNorm
+    from fastface.models.serialization import save_model
+    module = randomize_(nn.Sequential(PixelNorm(), nn.ConvTranspose2d(10, 6, 4), nn.BatchNorm2d(6), nn.ReLU(),
+                                      nn.ConvTranspose2d(6, 1, 4, 2, 1), nn.Sigmoid()), gen)
+    fg = ff.FusedGenerator.from_module(module, verify=True)
+    z = torch.randn(3, 10, 1, 1, generator=gen)
+    assert_rel_close(fg(z, impl="cpu"), eager64(module, z))
+    g = gan_generator(gen, latent_dim=16, image_size=8, channels=1)
+    save_model(tmp_path / "model.pt", "gan", g.cfg.to_dict(), g)
+    loaded = ff.load(tmp_path / "model.pt", kind="gan")
+    z = torch.randn(4, 16, generator=gen)
+    assert_rel_close(ff.FusedGenerator.from_module(loaded)(z, impl="cpu"), eager64(g, z))
+
+
+def test_pixel_norm_layouts_it_cannot_fuse_are_refused():
+    from fastface.models.dcgan import PixelNorm
+    with pytest.raises(ValueError, match=r"layer '1' \(PixelNorm.*only supported as the first layer"):
+        ff.FusedGenerator.from_module(nn.Sequential(nn.Unflatten(1, (4, 1, 1)), PixelNorm(), nn.ConvTranspose2d(4, 4, 3)))
+    with pytest.raises(ValueError, match=r"PixelNorm eps=0.01 is not supported"):
+        ff.FusedGenerator.from_module(nn.Sequential(PixelNorm(eps=1e-2), nn.ConvTranspose2d(4, 4, 3)))
+    with pytest.raises(ValueError, match=r"1x1 plane.*\(1, 2, 2\)"):   # the whole latent vs each pixel
+        ff.FusedGenerator.from_module(nn.Sequential(PixelNorm(), nn.Unflatten(1, (1, 2, 2)), nn.ConvTranspose2d(1, 4, 3)))
+    with pytest.raises(ValueError, match="only supported as the first layer"):
+        ff.FusedGenerator.from_module(nn.Sequential(PixelNorm(), PixelNorm(), nn.ConvTranspose2d(4, 4, 3)))
+
+
 # ---- errors -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, match", [

@@ -5,6 +5,7 @@ ProGAN's pixel-norm on z, and a convolutional discriminator.
     G: z (B, latent_dim) ~ N(0, I) -> PixelNorm -> 1x1 -> ConvT 4x4 -> [ConvT stride 2, BN, ReLU] ... -> Tanh
        -> images (B, channels, S, S) in [-1, 1]
     D: images -> [Conv stride 2, LeakyReLU 0.2] ... -> 4x4 -> Conv 4x4 -> one logit (B,)
+       (optionally spectrally normalised convolutions: cfg.spectral_norm)
 
 Pixel-norm makes G(c z) = G(z) for every c > 0: latents are compared on the unit sphere (unit_latent).
 Generator is a plain nn.Sequential, so FusedGenerator.from_module compiles it for inference.
@@ -24,12 +25,15 @@ class GANConfig:
     width: int = 64                   # channels before the last layer; doubling towards the 4x4 plane ...
     max_width: int = 512              # ... up to this
     d_width: int = 64                 # discriminator: channels of its first layer (doubling, up to max_width)
+    spectral_norm: bool = False       # discriminator: spectral normalisation of every conv (Miyato et al. 2018)
 
     def __post_init__(self):
         for name in ("latent_dim", "image_size", "channels", "width", "max_width", "d_width"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.spectral_norm, bool):
+            raise ValueError(f"spectral_norm must be a bool, got {self.spectral_norm!r}")
         s = self.image_size
         if s < 8 or s & (s - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {s}")
@@ -111,6 +115,9 @@ class Discriminator(nn.Module):
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(cin, 1, 4, 1, 0)
+        if cfg.spectral_norm:   # W / sigma_max(W), sigma by one power iteration per training forward
+            for m in [m for m in self.modules() if isinstance(m, nn.Conv2d)]:
+                nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, images):  # images (B, C, S, S)
         return self.head(self.features(images)).flatten()

@@ -71,8 +71,9 @@ class FusedGenerator:
 
         module: an nn.Sequential (nested ones too), a module whose children in registration
         order form the chain, or fastface.models.r3an.Generator. Supported layers:
-        ConvTranspose2d, BatchNorm2d, ReLU / LeakyReLU / Tanh / Sigmoid, Identity, Dropout (eval)
-        and a leading Unflatten; anything else raises a ValueError naming the layer.
+        ConvTranspose2d, BatchNorm2d, ReLU / LeakyReLU / Tanh / Sigmoid, Identity, Dropout (eval),
+        a leading Unflatten and a leading PixelNorm (fastface.models.dcgan: the kernels normalise z and
+        sqrt(D) is folded into the first weight); anything else raises a ValueError naming the layer.
         verify: "auto" (run a probe input through `module` and the plan when the module is not
         a plain Sequential, whose forward could differ from its children), True or False.
         """

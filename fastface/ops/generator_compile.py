@@ -20,8 +20,12 @@ _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Alpha
 _LEAF_TYPES = (nn.ConvTranspose2d, nn.BatchNorm2d, nn.Unflatten, nn.Identity) + _DROPOUT_TYPES + \
     tuple(t for t, _ in _ACTIVATION_TYPES)
 _SUPPORTED = ("ConvTranspose2d (groups=1, zeros padding), BatchNorm2d (eval mode, running stats), "
-              "ReLU, LeakyReLU, Tanh, Sigmoid, Identity, Dropout (eval mode) and a leading "
-              "Unflatten to (C, H, W)")
+              "ReLU, LeakyReLU, Tanh, Sigmoid, Identity, Dropout (eval mode), a leading "
+              "Unflatten to (C, H, W) and a leading PixelNorm (fastface.models.dcgan)")
+# PixelNorm(z) = z / sqrt(mean(z^2) + eps) runs as sqrt(D) * z / |z| (normalize_input, sqrt(D) folded
+# into the first weight): relative error ~ D eps / (2 |z|^2) (~eps / 2 for z ~ N(0, I)), below float32
+# rounding for eps <= this
+PIXEL_NORM_MAX_EPS = 1e-6
 
 
 def _unsupported(name, module, why=None):
@@ -69,9 +73,14 @@ def _fold_bn(bn):
     return scale, shift
 
 
+def _is_pixel_norm(m):
+    from ..models.dcgan import PixelNorm
+    return isinstance(m, PixelNorm)
+
+
 def _compile(leaves):
-    """Return (layers, input_shape) for a list of (name, module); raise naming a bad layer."""
-    layers, unflatten, cur = [], None, None
+    """Return (layers, input_shape, normalize_input) for a list of (name, module); raise naming a bad layer."""
+    layers, unflatten, cur, pixel_norm = [], None, None, None
 
     def finish():
         if cur is None:
@@ -87,12 +96,22 @@ def _compile(leaves):
             name=cur["name"]))
 
     for name, m in leaves:
-        if isinstance(m, nn.Unflatten):
+        if _is_pixel_norm(m):
+            if cur is not None or layers or unflatten is not None or pixel_norm is not None:
+                raise _unsupported(name, m, "PixelNorm is only supported as the first layer")
+            if not 0 <= m.eps <= PIXEL_NORM_MAX_EPS:
+                raise _unsupported(name, m, f"PixelNorm eps={m.eps!r} is not supported: the fused kernels "
+                                   f"compute sqrt(D) z / |z|, which equals it only for eps <= {PIXEL_NORM_MAX_EPS}")
+            pixel_norm = name
+        elif isinstance(m, nn.Unflatten):
             size = tuple(m.unflattened_size)
             if cur is not None or layers or unflatten is not None:
                 raise _unsupported(name, m, "Unflatten is only supported as the first layer")
             if m.dim not in (1, -1) or len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
                 raise _unsupported(name, m, "Unflatten must turn (B, D) into (B, C, H, W) (dim=1, 3 sizes)")
+            if pixel_norm is not None and size[1:] != (1, 1):
+                raise _unsupported(name, m, f"after PixelNorm, Unflatten must give a 1x1 plane (C, 1, 1) (PixelNorm "
+                                   f"normalises the whole latent; the kernels normalise each pixel), got {size}")
             unflatten = size
         elif isinstance(m, nn.ConvTranspose2d):
             if m.groups != 1:
@@ -113,7 +132,10 @@ def _compile(leaves):
                 raise _unsupported(name, m, f"in_channels={m.in_channels} but the previous layer "
                                    f"gives {prev} channels")
             finish()
-            cur = dict(name=name, w=m.weight.detach().double().clone(),
+            w = m.weight.detach().double().clone()
+            if pixel_norm is not None and not layers:   # PixelNorm = sqrt(D) * normalize: sqrt(D) into W
+                w *= float(m.in_channels) ** 0.5
+            cur = dict(name=name, w=w,
                        b=None if m.bias is None else m.bias.detach().double().clone(),
                        stride=tuple(m.stride), padding=tuple(m.padding),
                        output_padding=tuple(m.output_padding), dilation=tuple(m.dilation),
@@ -158,7 +180,7 @@ def _compile(leaves):
     finish()
     if not layers:
         raise ValueError("FusedGenerator: the module contains no ConvTranspose2d layer")
-    return layers, unflatten
+    return layers, unflatten, pixel_norm is not None
 
 
 def compile_module(module):
@@ -169,15 +191,16 @@ def compile_module(module):
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     from ..models.r3an import Generator as R3ANGenerator
-    normalize = isinstance(module, R3ANGenerator)
-    leaves = _r3an_leaves(module) if normalize else list(_leaves(module))
-    layers, unflatten = _compile(leaves)
+    r3an = isinstance(module, R3ANGenerator)
+    leaves = _r3an_leaves(module) if r3an else list(_leaves(module))
+    layers, unflatten, pixel_norm = _compile(leaves)
+    normalize = r3an or pixel_norm
     if len(layers) > MAX_LAYERS:
         raise ValueError(f"FusedGenerator takes at most {MAX_LAYERS} ConvTranspose2d layers (the kernels' "
                          f"limit), the module has {len(layers)}")
     plain = all(isinstance(m, nn.Sequential) for m in module.modules()
                 if not isinstance(m, _LEAF_TYPES) and len(list(m.children())))
-    return layers, None if normalize else unflatten, normalize, plain
+    return layers, None if r3an else unflatten, normalize, plain
 
 
 def verify_chain(fg, module):
