@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NETWORKS = ("auto", "dlib", "arcface")
+DLIB_MIN_SIZE = 112               # the smallest input side the dlib ResNet's stages accept
 
 
 def dlib_available():
@@ -22,7 +23,7 @@ class FaceFeatures(nn.Module):
 
     network: "dlib" (dlib ResNet: its 5 stages), "arcface" (the shipped ArcFace ResNet: its 4 stages) or
     "auto" (dlib when installed). size: the side images are resized to first (default: the network's own
-    input, 150 for dlib, 64 for the shipped ArcFace); smaller sizes are cheaper on the CPU."""
+    input, 150 for dlib, 64 for the shipped ArcFace); dlib accepts >= 112, smaller is cheaper on the CPU."""
 
     def __init__(self, network="auto", size=None):
         super().__init__()
@@ -33,6 +34,9 @@ class FaceFeatures(nn.Module):
             from ..backbones.dlib_resnet import DlibResNet
             self.net = DlibResNet()
             self.size, self.channels = size or 150, 3
+            if self.size < DLIB_MIN_SIZE:
+                raise ValueError(f"size must be >= {DLIB_MIN_SIZE} for the dlib network (its last stage "
+                                 f"needs a 3x3 input), got {size}")
         else:
             from ..backbones.encoders import DEMO_CHECKPOINT
             from .serialization import load
