@@ -1,7 +1,7 @@
 """GAN inversion: find the latent z with G(z) ~ a target face (GAN-inversion paper and its baselines).
 
-- latent_loss / pixel_loss: the paper's z-loss (MAE, on the unit sphere because the generator's pixel-norm
-  makes G(c z) = G(z)) and reconstruction loss (MAE); perceptual loss: fastface.models.perceptual.
+- latent_loss / pixel_loss: the paper's z-loss (MAE, on the sphere of radius sqrt(D) because the generator's
+  pixel-norm makes G(c z) = G(z)) and reconstruction loss (MAE); perceptual loss: fastface.models.perceptual.
 - optimize_latents: gradient-descent inversion (Adam, lr 0.01, MAE, 200 steps in the paper), batched over
   faces: the loss is a sum of per-face losses, so every face follows exactly its own optimisation.
   clip=c is stochastic clipping (Lipton & Tripathi): after each step the entries outside [-c, c] are
@@ -18,8 +18,13 @@ from .models.dcgan import check_images, unit_latent
 
 
 def latent_loss(z_pred, z_true):
-    """The z-loss on the sphere: MAE between z_pred / |z_pred| and z_true / |z_true| (B, D) (scalar)."""
-    return F.l1_loss(unit_latent(z_pred), unit_latent(z_true))
+    """The z-loss on the sphere (B, D) -> scalar: MAE between sqrt(D) z_pred / |z_pred| and sqrt(D) z / |z|.
+
+    Those are the latents the generator sees after its pixel-norm; the radius sqrt(D) (the typical |z| of
+    z ~ N(0, I)) keeps the paper's scale of an MAE on raw z (on the unit sphere it would be sqrt(D) times
+    smaller and vanish beside the pixel loss)."""
+    d = z_true.shape[-1]
+    return F.l1_loss(unit_latent(z_pred), unit_latent(z_true)) * d ** 0.5
 
 
 def pixel_loss(images, targets):

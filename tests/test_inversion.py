@@ -86,8 +86,10 @@ def test_latent_loss_is_on_the_sphere():
     z = torch.randn(4, 8)
     assert latent_loss(3.0 * z, z).item() == pytest.approx(0.0, abs=1e-6)   # G(c z) = G(z): no loss
     w = torch.randn(4, 8)
-    want = (z / z.norm(dim=1, keepdim=True) - w / w.norm(dim=1, keepdim=True)).abs().mean()
+    want = (z / z.norm(dim=1, keepdim=True) - w / w.norm(dim=1, keepdim=True)).abs().mean() * math.sqrt(8)
     torch.testing.assert_close(latent_loss(w, z), want)
+    pn = Generator(latent_dim=8, image_size=8)[0]                 # what the generator sees: its pixel-norm
+    torch.testing.assert_close(latent_loss(w, z), (pn(w) - pn(z)).abs().mean(), atol=1e-6, rtol=1e-5)
     g = tiny_generator()
     torch.testing.assert_close(g(2.5 * z), g(z), atol=1e-5, rtol=1e-5)
 
@@ -159,9 +161,9 @@ def test_gradient_descent_recovers_a_known_latent_on_the_sphere():
     found = optimize_latents(g, g(z).detach(), steps=200, lr=0.05, seed=3)
     cos = (unit_latent(found) * unit_latent(z)).sum(1)
     assert cos.min() > 0.999, cos
-    assert latent_loss(found, z) < 0.01
+    assert latent_loss(found, z) < 0.03
     start = torch.randn(6, 8, generator=torch.Generator().manual_seed(3))
-    assert latent_loss(start, z) > 0.1                          # it did move from the random start
+    assert latent_loss(start, z) > 0.3                          # it did move from the random start
 
 
 def test_batched_gradient_descent_equals_one_face_at_a_time():

@@ -4,7 +4,7 @@ the shared loop.
 The generator (a `fastface train gan` model.pt) is frozen and in eval mode: no parameter of it moves,
 gradients pass through it to the encoder only. Losses (GAN-inversion paper):
   generated faces x = G(z), z ~ N(0, I) from a fixed set of `generated` latents:
-      latent_weight * MAE(z_hat/|z_hat|, z/|z|)  (the z-loss, on the sphere: pixel-norm makes G(c z) = G(z))
+      latent_weight * MAE(PN(z_hat), PN(z))  (the z-loss on the sphere of radius sqrt(D), PN = G's pixel-norm)
       + pixel_weight * MAE(G(z_hat), x) + perceptual_weight * perceptual(G(z_hat), x)
   real faces x (an image folder, or SynthFaces identities of another seed than the generator's data):
       pixel_weight * MAE(G(E(x)), x) + perceptual_weight * perceptual(G(E(x)), x)
