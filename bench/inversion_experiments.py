@@ -80,6 +80,10 @@ def test_sets(gen, n):
     return {"generated": (generated, z), "real": (real, None)}
 
 
+def _lr(lr):
+    return "" if lr == 0.01 else f", lr {lr:g}"
+
+
 def run_methods(gen, encoders, features, x, args):
     """{method: (latents, reconstructions, seconds)} for the target faces x (N, C, S, S)."""
     out = {}
@@ -88,15 +92,17 @@ def run_methods(gen, encoders, features, x, args):
         with torch.no_grad():
             return z, gen(z)
 
-    out["GD-200"] = timed(lambda: finish(optimize_latents(gen, x, steps=200, lr=0.01, seed=7)))
+    for lr in args.gd_lrs:
+        out[f"GD-200{_lr(lr)}"] = timed(lambda: finish(optimize_latents(gen, x, steps=200, lr=lr, seed=7)))
     out["Stochastic clipping-200"] = timed(lambda: finish(optimize_latents(gen, x, steps=200, lr=0.01, clip=1.0,
                                                                              seed=7)))
     for name, enc in encoders.items():
         out[f"Encoder ({name})"] = timed(lambda: finish(encode(enc, x)))
-    enc = encoders["pixel+perceptual"]
-    for steps in args.refine:
-        out[f"Hybrid (encoder + {steps} pixel steps)"] = timed(
-            lambda: finish(optimize_latents(gen, x, encode(enc, x), steps=steps, lr=0.01)))
+    enc = encoders[args.hybrid_encoder]
+    for lr in args.refine_lrs:
+        for steps in args.refine:
+            out[f"Hybrid (encoder + {steps} pixel steps{_lr(lr)})"] = timed(
+                lambda: finish(optimize_latents(gen, x, encode(enc, x), steps=steps, lr=lr)))
     for steps in args.refine_perceptual:
         out[f"Hybrid (encoder + {steps} pixel+perceptual steps)"] = timed(
             lambda: finish(optimize_latents(gen, x, encode(enc, x), steps=steps, lr=0.01, features=features,
@@ -177,6 +183,10 @@ def main():
     ap.add_argument("--steps-perceptual", type=int, default=300)
     ap.add_argument("--refine", type=int, nargs="*", default=[25, 50])
     ap.add_argument("--refine-perceptual", type=int, nargs="*", default=[10])
+    ap.add_argument("--gd-lrs", type=float, nargs="*", default=[0.01], help="GD-200 rows (the paper: 0.01)")
+    ap.add_argument("--refine-lrs", type=float, nargs="*", default=[0.01], help="hybrid refinement Adam lrs")
+    ap.add_argument("--hybrid-encoder", default="pixel+perceptual", choices=["pixel", "pixel+perceptual"])
+    ap.add_argument("--figure-hybrid", help="the hybrid row drawn in the figures (default: the first)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-train", action="store_true", help="use the encoders already in OUT")
     args = ap.parse_args()
@@ -197,13 +207,17 @@ def main():
         outs = run_methods(gen, encoders, features, x, args)
         results["sets"][set_name] = {m: metrics(features, x, z_true, z, rec, sec) for m, (z, rec, sec) in outs.items()}
         recs[set_name] = [x] + [outs[m][1] for m in outs]
-        gd = results["sets"][set_name]["GD-200"]["ms_per_face"]
+        gd = results["sets"][set_name]["GD-200"]["ms_per_face"]             # the paper's GD: lr 0.01
         for m, row in results["sets"][set_name].items():
             row["speedup_vs_gd200"] = gd / row["ms_per_face"]
             print(set_name, m, {k: round(v, 4) for k, v in row.items()}, flush=True)
         results["methods"] = list(outs)
     # Fig. 4 / Fig. 5 rows: targets, GD, SC, pixel encoder, pixel+perceptual encoder, hybrid (first refine)
-    order = [0, 1, 2, 3, 4, 5]
+    methods = results["methods"]
+    hybrid = args.figure_hybrid or next(m for m in methods if m.startswith("Hybrid"))
+    rows = ["GD-200", "Stochastic clipping-200", "Encoder (pixel)", "Encoder (pixel+perceptual)", hybrid]
+    order = [0] + [1 + methods.index(m) for m in rows]
+    results["figure_rows"] = ["targets"] + rows
     grid(os.path.join(args.out, "fig4_generated.png"), [recs["generated"][i] for i in order])
     grid(os.path.join(args.out, "fig5_real.png"), [recs["real"][i] for i in order])
     results["throughput"] = {b: throughput(gen, encoders["pixel+perceptual"], b) for b in (64, 256)}
