@@ -74,8 +74,9 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, name):
 
 
 def test_every_trainer_is_covered():
-    # exact resume: backbone and r3an above, facevit (every variant) in tests/test_facevit.py; add a new trainer
-    assert set(TRAINERS) == {"backbone", "r3an", "facevit"}
+    # exact resume: backbone and r3an above, facevit (every variant) in tests/test_facevit.py, inversion in
+    # tests/test_inversion.py; add a new trainer
+    assert set(TRAINERS) == {"backbone", "r3an", "facevit", "inversion"}
 
 
 def test_checkpoint_holds_the_full_state(tmp_path):
