@@ -19,6 +19,15 @@ from fastface.train.inversion import InversionTrainConfig, train_inversion
 from fastface.train.loop import read_log
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread is faster than several fighting over a busy machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_generator(latent_dim=8, image_size=16, seed=0):
     """A small generator whose images depend strongly on z (weights ~ 1/sqrt(fan-in), not DCGAN's 0.02)."""
     torch.manual_seed(seed)
