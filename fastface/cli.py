@@ -100,7 +100,8 @@ def cmd_invert(args):
     from .inversion import invert_folder
     try:
         res = invert_folder(args.model, args.images, args.out, refine=args.refine, generator=args.generator,
-                            device=_device(args.device), batch_size=args.batch_size, perceptual=args.perceptual)
+                            device=_device(args.device), batch_size=args.batch_size, perceptual=args.perceptual,
+                            perceptual_weight=args.perceptual_weight, lr=args.lr)
     except (ValueError, TypeError) as e:   # bad arguments or files: one line, no traceback
         print(f"fastface invert: error: {e}", file=sys.stderr)
         return 2
@@ -237,6 +238,10 @@ def main(argv=None):
     p.add_argument("--generator", help="the generator's model.pt (default: the one the encoder was trained with)")
     p.add_argument("--perceptual", default="auto", choices=["auto", "dlib", "arcface"],
                    help="face network of the refinement's perceptual loss (auto: dlib when installed)")
+    p.add_argument("--perceptual-weight", type=float, default=1.0,
+                   help="weight of the refinement's perceptual loss (0 = pixel MAE only, the fastest)")
+    p.add_argument("--lr", type=float, default=0.01, help="the refinement's Adam lr (docs/INVERSION_RESULTS.md: "
+                                                          "0.05 refines pixel-only faster)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device")
     p.set_defaults(func=cmd_invert)

@@ -116,6 +116,9 @@ def invert(encoder, generator, images, *, refine=0, lr=0.01, features=None, perc
     check_images("images", images, generator.cfg)
     if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
         raise ValueError(f"refine must be an int >= 0 (optimisation steps), got {refine!r}")
+    if not lr > 0 or not perceptual_weight >= 0:
+        raise ValueError(f"lr must be > 0 and perceptual_weight >= 0, got lr={lr!r}, "
+                         f"perceptual_weight={perceptual_weight!r}")
     t0 = time.perf_counter()
     z = encode(encoder, images, batch_size)
     if refine:
@@ -155,7 +158,7 @@ def _image_files(root):
 
 
 def invert_folder(model, images, out, *, refine=0, generator=None, device="cpu", batch_size=64,
-                  perceptual="auto", perceptual_weight=1.0, progress=False):
+                  perceptual="auto", perceptual_weight=1.0, lr=0.01):
     """`fastface invert`: invert every image file under `images` (resized to the generator's size) with the
     encoder in `model`, refined by `refine` steps; writes OUT/reconstructions/<name>.png, OUT/latents.npy
     (N, latent_dim) with OUT/latents.txt (the source file of each row) and OUT/grid.png (rows of targets
@@ -187,7 +190,7 @@ def invert_folder(model, images, out, *, refine=0, generator=None, device="cpu",
     if refine and perceptual_weight > 0:
         from .models.perceptual import FaceFeatures
         features = FaceFeatures(perceptual).to(device)
-    res = invert(encoder, gen, x, refine=refine, features=features, perceptual_weight=perceptual_weight,
+    res = invert(encoder, gen, x, refine=refine, lr=lr, features=features, perceptual_weight=perceptual_weight,
                  batch_size=batch_size)
     os.makedirs(os.path.join(out, "reconstructions"), exist_ok=True)
     rec = ((res["reconstructions"].float().cpu() + 1) / 2).clamp(0, 1)

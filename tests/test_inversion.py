@@ -223,6 +223,8 @@ def test_bad_optimisation_arguments_are_named():
         optimize_latents(g, x, perceptual_weight=1.0)
     with pytest.raises(ValueError, match="refine"):
         invert(tiny_encoder(), g, x, refine=-2)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        invert(tiny_encoder(), g, x, refine=2, lr=0.0)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -355,6 +357,12 @@ def test_cli_train_and_invert(gen_file, tmp_path, capsys):
     enc = fastface.load(out / "model.pt")
     res = invert(enc, fastface.load(gen_file), x, refine=2, features=FaceFeatures("arcface"))
     torch.testing.assert_close(torch.from_numpy(lat), res["latents"], atol=1e-5, rtol=1e-5)
+    # pixel-only refinement at another lr
+    assert main(["invert", "--model", str(out / "model.pt"), "--images", str(tmp_path / "faces"),
+                 "--out", str(tmp_path / "inv2"), "--refine", "3", "--perceptual-weight", "0", "--lr", "0.05"]) == 0
+    res = invert(enc, fastface.load(gen_file), x, refine=3, lr=0.05)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "inv2" / "latents.npy")), res["latents"],
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_cli_invert_bad_inputs_name_the_argument(gen_file, tmp_path, capsys):
