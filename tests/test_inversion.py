@@ -73,7 +73,7 @@ def test_encoder_saves_and_loads_as_kind_inversion(tmp_path):
     back = fastface.load(tmp_path / "model.pt", kind="inversion")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(back(x), enc(x))
-    assert back.cfg == enc.cfg
+    assert back.cfg == enc.cfg == build_inversion_encoder(enc.cfg.to_dict()).cfg
 
 
 @pytest.mark.parametrize("kw,word", [({"arch": "resnet50"}, "arch"), ({"width": 0}, "width"),
