@@ -36,10 +36,10 @@ from fastface.train.inversion import InversionTrainConfig, load_generator, train
 from fastface.viz.grid import save_image_grid
 
 
-def frechet_distance(a, b):
+def _frechet_distance(a, b):
     """Fréchet distance between Gaussians fitted to feature sets a (N, D) and b (M, D):
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64.
-    (A private copy until fastface/eval/frechet.py lands; dedup then.)"""
+    (A private copy for fastface versions without fastface/eval/frechet.py.)"""
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T), torch.cov(b.T)
@@ -47,6 +47,12 @@ def frechet_distance(a, b):
     root_a = (v * w.clamp_min(0).sqrt()) @ v.T
     mid = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp_min(0).sqrt().sum()
     return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * mid)
+
+
+try:                                      # the shared implementation, where this fastface has it
+    from fastface.eval.frechet import frechet_distance
+except ImportError:
+    frechet_distance = _frechet_distance
 
 
 def timed(fn):
