@@ -38,6 +38,8 @@ def cmd_train(args):
             overrides["max_steps"] = args.steps
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if getattr(args, "generator", None):
+            overrides["generator"] = args.generator
         cfg = (trainer_cls.Config.from_file(args.config, **overrides) if args.config
                else trainer_cls.Config.from_dict(overrides, source="--set"))
         trainer = fit(trainer_cls, cfg, args.out, device=args.device, workers=args.workers, progress=not args.quiet)
@@ -80,6 +82,9 @@ def _train_parsers(sub):
         q.add_argument("--workers", type=int, help="data-loader worker processes per process (default: from the "
                                                    "CPU count)")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "inversion":
+            q.add_argument("--generator", help="the generator to invert: a `fastface train gan` model.pt "
+                                               "(config generator)")
     p.set_defaults(func=cmd_train)
 
 
@@ -100,6 +105,20 @@ def cmd_sample(args):
         print(f"fastface sample: error: {e}", file=sys.stderr)
         return 2
     print(f"sampled {args.n} faces -> {args.out}{f', latents {args.latents}' if args.latents else ''}")
+    return 0
+
+
+def cmd_invert(args):
+    from .inversion import invert_folder
+    try:
+        res = invert_folder(args.model, args.images, args.out, refine=args.refine, generator=args.generator,
+                            device=_device(args.device), batch_size=args.batch_size, perceptual=args.perceptual,
+                            perceptual_weight=args.perceptual_weight, lr=args.lr)
+    except (ValueError, TypeError) as e:   # bad arguments or files: one line, no traceback
+        print(f"fastface invert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"inverted {res['n']} images in {res['seconds']:.2f} s -> {args.out}/reconstructions, latents.npy, "
+          f"grid.png")
     return 0
 
 
@@ -233,6 +252,24 @@ def main(argv=None):
     p.add_argument("--impl", default="auto", choices=["auto", "cpu", "cuda", "torch"],
                    help="FusedGenerator kernels (torch: the pure-PyTorch twin)")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("invert", help="GAN inversion: the latents of face images under a trained generator "
+                                      "(a `fastface train inversion` encoder, optionally refined)")
+    p.add_argument("--model", required=True, help="the encoder: a `fastface train inversion` model.pt")
+    p.add_argument("--images", required=True, help="folder of face images (searched recursively; resized to "
+                                                   "the generator's size)")
+    p.add_argument("--out", required=True, help="output folder: reconstructions/, latents.npy, latents.txt, grid.png")
+    p.add_argument("--refine", type=int, default=0, help="refine the encoder's z by N Adam steps of pixel + "
+                                                         "perceptual loss (the hybrid; default 0)")
+    p.add_argument("--generator", help="the generator's model.pt (default: the one the encoder was trained with)")
+    p.add_argument("--perceptual", default="auto", choices=["auto", "dlib", "arcface"],
+                   help="face network of the refinement's perceptual loss (auto: dlib when installed)")
+    p.add_argument("--perceptual-weight", type=float, default=1.0,
+                   help="weight of the refinement's perceptual loss (0 = pixel MAE only, the fastest)")
+    p.add_argument("--lr", type=float, default=0.01, help="the refinement's Adam lr (docs/INVERSION_RESULTS.md: "
+                                                          "0.05 refines pixel-only faster)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_invert)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -75,8 +75,9 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, name):
 
 def test_every_trainer_is_covered():
     # exact resume: backbone and r3an above, facevit (every variant) in tests/test_facevit.py, gan in
-    # tests/test_train_gan.py (and under torchrun in tests/test_distributed.py); add a new trainer
-    assert set(TRAINERS) == {"backbone", "r3an", "facevit", "gan"}
+    # tests/test_train_gan.py (and under torchrun in tests/test_distributed.py), inversion in
+    # tests/test_inversion.py; add a new trainer
+    assert set(TRAINERS) == {"backbone", "r3an", "facevit", "gan", "inversion"}
 
 
 def test_checkpoint_holds_the_full_state(tmp_path):

@@ -23,6 +23,7 @@ BUILDERS = {
     "r3an": "fastface.models.r3an:build_transform",
     "facevit": "fastface.models.facevit:build_facevit",
     "gan": "fastface.models.dcgan:build_generator",
+    "inversion": "fastface.models.inversion:build_inversion_encoder",
 }
 
 
