@@ -27,13 +27,13 @@ import time
 import torch
 
 import fastface
+from fastface.eval.frechet import frechet_distance
 from fastface.eval.reconstruction import identity_similarity, psnr, ssim
 from fastface.inversion import encode, optimize_latents
 from fastface.models.dcgan import unit_latent
 from fastface.models.inversion import check_pair
 from fastface.models.perceptual import FaceFeatures
 from fastface.train.inversion import InversionTrainConfig, load_generator, train_inversion
-from fastface.eval.frechet import frechet_distance
 from fastface.viz.grid import save_image_grid
 
 
