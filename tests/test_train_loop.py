@@ -398,8 +398,8 @@ def test_cli_train_shape_resume_and_errors(tmp_path, capsys):
     assert main(["train", "backbone", "--set", "colour=red", "--out", str(tmp_path / "x")]) == 2
     assert "valid keys: seed, epochs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "gan", "--out", str(tmp_path / "x")])   # only implemented trainers are listed
-    assert "invalid choice: 'gan'" in capsys.readouterr().err
+        main(["train", "vgg", "--out", str(tmp_path / "x")])   # only implemented trainers are listed
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "r3an", "--help"])
     out = capsys.readouterr().out
