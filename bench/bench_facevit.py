@@ -14,9 +14,7 @@ the cost matrices (2 k n m C per query) plus 4 n m per Sinkhorn iteration and pa
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -25,26 +23,10 @@ from fastface.models.facevit import FaceViT, count_flops
 from fastface.ops.rerank import topk_cosine
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_r3an import median_seconds  # noqa: E402
 from cases import face_like, queries_from  # noqa: E402
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def median_seconds(fn, device, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def h2l(depth, device):

@@ -1,11 +1,13 @@
 """Backbone architectures by config: what `fastface train backbone` trains and fastface.load rebuilds."""
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from .._arch import ArchConfig
 
 ARCHS = ("arcface_resnet18", "mobilenetv2", "resnet50")
 
 
 @dataclass
-class BackboneArch:
+class BackboneArch(ArchConfig):
     """The architecture of a face backbone (no training hyper-parameters)."""
     arch: str = "arcface_resnet18"    # or "mobilenetv2", "resnet50" (R³AN's prior models)
     image_size: int = 64
@@ -21,14 +23,6 @@ class BackboneArch:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
 
-    @classmethod
-    def from_dict(cls, values):
-        """The architecture fields of a dict (a saved config; training fields are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in names})
-
-    def to_dict(self):
-        return asdict(self)
 
 
 def build_backbone(arch):

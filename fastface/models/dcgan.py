@@ -10,14 +10,16 @@ ProGAN's pixel-norm on z, and a convolutional discriminator.
 Pixel-norm makes G(c z) = G(z) for every c > 0: latents are compared on the unit sphere (unit_latent).
 Generator is a plain nn.Sequential, so FusedGenerator.from_module compiles it for inference.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .._arch import ArchConfig
+
 
 @dataclass
-class GANConfig:
+class GANConfig(ArchConfig):
     """The architecture of a generator / discriminator pair (what model.pt records for the generator)."""
     latent_dim: int = 512
     image_size: int = 64              # a power of two >= 8 (the paper's ProGAN: 128)
@@ -43,13 +45,6 @@ class GANConfig:
         """Stride-2 layers after the first 4x4 one."""
         return (self.image_size // 4).bit_length() - 1
 
-    @classmethod
-    def from_dict(cls, values):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in names})
-
-    def to_dict(self):
-        return asdict(self)
 
 
 class PixelNorm(nn.Module):

@@ -16,11 +16,13 @@ checkpoints load (public_state_dict_names / load_public_state_dict): no LayerNor
 attention scaled by dim^-0.5 over the model width, no token projection (tokens must be `dim` wide), the
 H2L heads Linear + BatchNorm1d, and the H2 head a 2-way Linear on LayerNorm([CLS]).
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._arch import ArchConfig
 
 VARIANTS = ("h2l", "h2", "h1", "v")
 TWO_IMAGE = ("h2l", "h2")
@@ -28,7 +30,7 @@ LAYOUTS = ("paper", "public")
 
 
 @dataclass
-class FaceViTConfig:
+class FaceViTConfig(ArchConfig):
     """The architecture of a Face-ViT model (what model.pt records)."""
     variant: str = "h2l"          # h2l (the dissertation's), h2, h1 or v
     token_dim: int = 512          # channels of the backbone's patch map (hybrid variants)
@@ -78,13 +80,6 @@ class FaceViTConfig:
     def two_image(self):
         return self.variant in TWO_IMAGE
 
-    @classmethod
-    def from_dict(cls, values):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in names})
-
-    def to_dict(self):
-        return asdict(self)
 
 
 class Attention(nn.Module):

@@ -9,16 +9,18 @@ arch "resnet18" is the paper's network, "resnet34" the public code's. The config
 latent_dim, image_size and channels, so an encoder is only ever paired with a generator it fits
 (check_pair). Built from torch.nn alone (no torchvision, no downloaded weights).
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .._arch import ArchConfig
 
 ARCHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
 @dataclass
-class InversionConfig:
+class InversionConfig(ArchConfig):
     """The encoder's architecture and the generator it inverts (what model.pt records, kind "inversion")."""
     arch: str = "resnet18"            # resnet18 (the paper) or resnet34 (the public code)
     width: int = 64                   # channels of the first stage (doubling per stage); 64 = ResNet-18
@@ -38,13 +40,8 @@ class InversionConfig:
         if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in self.fc):
             raise ValueError(f"fc must be positive ints (hidden layer widths), got {self.fc!r}")
 
-    @classmethod
-    def from_dict(cls, values):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in names})
-
     def to_dict(self):
-        d = asdict(self)
+        d = super().to_dict()
         d["fc"] = list(self.fc)
         return d
 

@@ -157,6 +157,29 @@ def topk_cosine(q, g, k, exclude_self=False, chunk=65536):
     return best_s, best_i
 
 
+def check_search(q, g, k, exclude_self):
+    """The checks every two-stage search (emd_rerank, vit_rerank) makes of its Faces q, g and k."""
+    if len(g) == 0:
+        raise ValueError("gallery is empty")
+    if len(q) == 0:
+        raise ValueError("query is empty")
+    check_same_device(query=q.embeddings, gallery=g.embeddings, gallery_patches=g.patches)
+    if q.embeddings.shape[1] != g.embeddings.shape[1]:
+        raise ValueError(f"query and gallery embeddings must have the same dim, got "
+                         f"{q.embeddings.shape[1]} and {g.embeddings.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    available = len(g) - (1 if exclude_self else 0)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > available:
+        raise ValueError(f"k={k} exceeds the {available} gallery faces available"
+                         + (" (exclude_self drops one)" if exclude_self else ""))
+    if exclude_self and len(q) != len(g):
+        raise ValueError(f"exclude_self needs the query set to be the gallery, got {len(q)} queries "
+                         f"and {len(g)} gallery faces")
+
+
 def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, max_iter=100,
                tol=1e-6, exclude_self=False, return_flows=False, impl="auto", mode="auto",
                official=False, chunk_size=65536):
@@ -173,28 +196,10 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     check_number("alpha", alpha, lo=0, hi=1)
     q = as_faces("query", query)
     g = as_faces("gallery", gallery, defer_patch_check=True)
-    if len(g) == 0:
-        raise ValueError("gallery is empty")
-    if len(q) == 0:
-        raise ValueError("query is empty")
-    check_same_device(query=q.embeddings, gallery=g.embeddings, gallery_patches=g.patches)
-    if q.embeddings.shape[1] != g.embeddings.shape[1]:
-        raise ValueError(f"query and gallery embeddings must have the same dim, got "
-                         f"{q.embeddings.shape[1]} and {g.embeddings.shape[1]}")
+    check_search(q, g, k, exclude_self)
     if q.patches.shape[2] != g.patches.shape[2]:
         raise ValueError(f"query and gallery patches must have the same channels C, got "
                          f"{q.patches.shape[2]} and {g.patches.shape[2]}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    available = len(g) - (1 if exclude_self else 0)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k > available:
-        raise ValueError(f"k={k} exceeds the {available} gallery faces available"
-                         + (" (exclude_self drops one)" if exclude_self else ""))
-    if exclude_self and len(q) != len(g):
-        raise ValueError(f"exclude_self needs the query set to be the gallery, got {len(q)} queries "
-                         f"and {len(g)} gallery faces")
     if official and weighting not in ("uniform", "apc", "sc"):
         raise ValueError(f"official=True supports the official code's weightings uniform/apc/sc, got {weighting!r}")
     validate_weighting(weighting, q.patches, g.patches, q.embeddings, g.embeddings,

@@ -3,8 +3,8 @@ model's pair similarity, on the patch embeddings a Faces already holds (the CNN 
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_all_finite, check_bool, check_int, check_number, check_same_device
-from .rerank import RerankResult, as_faces, topk_cosine
+from .._checks import check_all_finite, check_bool, check_int, check_number
+from .rerank import RerankResult, as_faces, check_search, topk_cosine
 
 
 def vit_similarity_of(model):
@@ -64,31 +64,13 @@ def vit_rerank(query, gallery, model, *, k=100, alpha=0.7, exclude_self=False, p
     pair_batch = check_int("pair_batch", pair_batch, hi=None)
     q = as_faces("query", query)
     g = as_faces("gallery", gallery, defer_patch_check=True)
-    if len(g) == 0:
-        raise ValueError("gallery is empty")
-    if len(q) == 0:
-        raise ValueError("query is empty")
-    check_same_device(query=q.embeddings, gallery=g.embeddings, gallery_patches=g.patches)
+    check_search(q, g, k, exclude_self)
     weights = next(model.parameters())
     if weights.device != q.device:
         raise ValueError(f"model and faces must be on one device, got model on {weights.device} and "
                          f"query on {q.device}")
-    if q.embeddings.shape[1] != g.embeddings.shape[1]:
-        raise ValueError(f"query and gallery embeddings must have the same dim, got "
-                         f"{q.embeddings.shape[1]} and {g.embeddings.shape[1]}")
     check_token_shape(cfg, tuple(q.patches.shape), q.grid, "query")
     check_token_shape(cfg, tuple(g.patches.shape), g.grid, "gallery")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    available = len(g) - (1 if exclude_self else 0)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k > available:
-        raise ValueError(f"k={k} exceeds the {available} gallery faces available"
-                         + (" (exclude_self drops one)" if exclude_self else ""))
-    if exclude_self and len(q) != len(g):
-        raise ValueError(f"exclude_self needs the query set to be the gallery, got {len(q)} queries "
-                         f"and {len(g)} gallery faces")
     check_int("chunk_size", chunk_size, hi=None)
 
     was_training = model.training
