@@ -62,7 +62,10 @@ def setup(device=None):
 
 
 def teardown():
+    """Leave the process group together: a rank that destroys its gloo group while a peer still
+    talks to it can abort the peer ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

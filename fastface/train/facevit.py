@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..backbones import ArcMarginHead
 from ..models.facevit import FaceViT, FaceViTConfig
 from .config import TrainConfig
-from .loop import Trainer, fit
+from .loop import Trainer, fit, whole_batch
 
 VARIANTS = ("h2l", "h2", "h1", "v")
 
@@ -130,9 +130,6 @@ class PairDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-def _as_batch(batch):
-    return batch
-
 
 # ------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
@@ -155,7 +152,7 @@ def verification_pairs(identities, n_pairs, seed):
 class FaceViTTrainer(Trainer):
     name, Config, model_kind = "facevit", FaceViTTrainConfig, "facevit"
     in_memory = True
-    collate = staticmethod(_as_batch)
+    collate = staticmethod(whole_batch)
 
     def __init__(self, cfg, run, cache=None):
         """cache: precomputed dict(inputs (N, n, C) tokens or (N, C, S, S) images for v, identities (N,),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..models.dcgan import Discriminator, GANConfig, Generator
 from .config import TrainConfig
-from .loop import Trainer, fit
+from .loop import Trainer, fit, whole_batch
 
 
 @dataclass
@@ -144,15 +144,12 @@ def load_training_images(cfg, progress=False, chunk=256):
     return to_uint8(folder.load_all()[0])
 
 
-def _as_batch(batch):
-    return batch
-
 
 # ------------------------------------------------------------------------------------- the trainer
 class GANTrainer(Trainer):
     name, Config, model_kind = "gan", GANTrainConfig, "gan"
     in_memory = True
-    collate = staticmethod(_as_batch)
+    collate = staticmethod(whole_batch)
 
     def __init__(self, cfg, run, images=None):
         """images: training faces (N, C, S, S) uint8 instead of rendering / reading cfg.data."""

@@ -21,7 +21,7 @@ from ..inversion import latent_loss, pixel_loss
 from ..models.inversion import InversionConfig, InversionEncoder, check_pair
 from ..models.perceptual import NETWORKS, FaceFeatures, perceptual_loss
 from .config import TrainConfig, check_choice
-from .loop import Trainer, fit
+from .loop import Trainer, fit, whole_batch
 
 SCHEDULES = ("alternate", "generated")
 
@@ -109,14 +109,11 @@ class InversionData(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-def _as_batch(batch):
-    return batch
-
 
 class InversionTrainer(Trainer):
     name, Config, model_kind = "inversion", InversionTrainConfig, "inversion"
     in_memory = True
-    collate = staticmethod(_as_batch)
+    collate = staticmethod(whole_batch)
 
     def dataset(self):
         cfg = self.cfg

@@ -23,7 +23,7 @@ from ..models.r3an import (IMAGE_SIZE, adversarial_loss, build_transform, discri
                            reconstruction_loss, regression_loss, representation_loss)
 from ..models.transform import load_transform, transform_features, transform_file  # noqa: F401 (the old home)
 from .config import TrainConfig
-from .loop import Trainer, ddp_view, fit
+from .loop import Trainer, ddp_view, fit, whole_batch
 from .schedules import make_scheduler
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -353,15 +353,12 @@ class TripleDataset(torch.utils.data.Dataset):
         return {"x": self.x[index], "y": self.y[index], "images": self.images[index]}
 
 
-def _as_batch(batch):
-    return batch
-
 
 class R3ANTrainer(Trainer):
     name, Config, model_kind = "r3an", R3ANConfig, "r3an"
     legacy_config = LEGACY_CONFIG
     in_memory = True
-    collate = staticmethod(_as_batch)
+    collate = staticmethod(whole_batch)
 
     def __init__(self, cfg, run, triples=None):
         super().__init__(cfg, run)
