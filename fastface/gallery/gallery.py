@@ -90,7 +90,7 @@ class Gallery:
     # ---- creating --------------------------------------------------------------------------
     @classmethod
     def create(cls, folder, *, embedding_dim, grid, channels, backbone=None, weights_sha256=None,
-               index="flat", nlist=None, nprobe=32, pq=None, hnsw_m=32, ef_search=128, pca=None,
+               index="flat", nlist=None, nprobe=32, pq=None, hnsw_m=32, ef_search=128, pq_bits=8, pca=None,
                build=None):
         """Create an empty gallery directory (folder must not exist or be empty). channels: of the
         patches given to add (C0); pca: None, or (C0, C) components (store.fit_pca) to store C < C0."""
@@ -100,7 +100,7 @@ class Gallery:
         if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
             raise ValueError(f"out {folder!r} exists and is not an empty directory (add to a gallery with "
                              "Gallery.load(...).add / `fastface gallery add`)")
-        params = check_index_spec(index, nlist, nprobe, pq, hnsw_m, ef_search)
+        params = check_index_spec(index, nlist, nprobe, pq, hnsw_m, ef_search, pq_bits)
         embedding_dim = check_int("embedding_dim", embedding_dim)
         channels = check_int("channels", channels)
         grid = [check_int("grid", g) for g in ((grid, grid) if isinstance(grid, int) else grid)]

@@ -2,7 +2,7 @@
 
 kind "flat" is exact: FAISS IndexFlatIP when faiss is installed, else fastface's chunked torch top-k
 over the memory-mapped embeddings (no index file: the embeddings are the index). "ivf", "ivf-pq",
-"hnsw", "hnsw-pq" and "faiss:<factory string>" build a FAISS index with METRIC_INNER_PRODUCT, saved
+"hnsw", "hnsw-pq" (pq sub-quantizers of pq_bits bits) and "faiss:<factory string>" build a FAISS index with METRIC_INNER_PRODUCT, saved
 with faiss.write_index (FAISS's own binary format; nothing is pickled). nprobe (IVF) and ef_search
 (HNSW) trade recall for time at search. With faiss-gpu and CUDA devices, search_device="cuda"
 shards the index over every GPU (index_cpu_to_all_gpus, shard=True).
@@ -31,16 +31,16 @@ def _faiss(what):
     return faiss
 
 
-def check_index_spec(kind, nlist=None, nprobe=32, pq=None, hnsw_m=32, ef_search=128):
+def check_index_spec(kind, nlist=None, nprobe=32, pq=None, hnsw_m=32, ef_search=128, pq_bits=8):
     """Validate a stage-1 index spec; return its params dict (what the manifest records)."""
     if not isinstance(kind, str) or not (kind in KINDS or (kind.startswith("faiss:") and len(kind) > 6)):
         raise ValueError(f"index must be one of {KINDS} or 'faiss:<factory string>', got {kind!r}")
     for name, value, lo in (("nlist", nlist, 1), ("nprobe", nprobe, 1), ("pq", pq, 1), ("hnsw_m", hnsw_m, 2),
-                            ("ef_search", ef_search, 1)):
+                            ("ef_search", ef_search, 1), ("pq_bits", pq_bits, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo):
             raise ValueError(f"{name} must be an int >= {lo} or None, got {value!r}")
     return {"kind": kind, "nlist": nlist, "nprobe": int(nprobe), "pq": pq, "hnsw_m": int(hnsw_m),
-            "ef_search": int(ef_search)}
+            "ef_search": int(ef_search), "pq_bits": int(pq_bits)}
 
 
 def factory_string(params, n, d):
@@ -52,8 +52,10 @@ def factory_string(params, n, d):
     pq = params["pq"] or max(1, d // 4)
     if kind in ("ivf-pq", "hnsw-pq") and d % pq:
         raise ValueError(f"pq={pq} sub-quantizers must divide the embedding dimension {d}")
-    return {"flat": "Flat", "ivf": f"IVF{nlist},Flat", "ivf-pq": f"IVF{nlist},PQ{pq}",
-            "hnsw": f"HNSW{params['hnsw_m']},Flat", "hnsw-pq": f"HNSW{params['hnsw_m']}_PQ{pq}"}[kind]
+    bits = params.get("pq_bits", 8)
+    pq = f"PQ{pq}" if bits == 8 else f"PQ{pq}x{bits}"
+    return {"flat": "Flat", "ivf": f"IVF{nlist},Flat", "ivf-pq": f"IVF{nlist},{pq}",
+            "hnsw": f"HNSW{params['hnsw_m']},Flat", "hnsw-pq": f"HNSW{params['hnsw_m']}_{pq}"}[kind]
 
 
 class Stage1Index:
