@@ -274,6 +274,13 @@ def test_faiss_options_against_exact(tmp_path):
     assert recall(pq) >= 0.5
     reloaded = Gallery.load(tmp_path / "ivf")
     assert torch.equal(reloaded.search(q, k=20, nprobe=4).stage1_items, ivf.search(q, k=20, nprobe=4).stage1_items)
+    assert torch.equal(ivf.search(q, k=20, nprobe=1, exact=True).stage1_items, want)
+    exact.set_index("ivf", nlist=16, nprobe=4)                     # re-index in place, atomically
+    assert torch.equal(Gallery.load(tmp_path / "flat").search(q, k=20).stage1_items,
+                       ivf.search(q, k=20, nprobe=4).stage1_items)
+    exact.set_index("flat")
+    assert torch.equal(Gallery.load(tmp_path / "flat").search(q, k=20).stage1_items, want)
+    assert not [f for f in os.listdir(tmp_path / "flat") if f.endswith(".faiss")]
 
 
 def test_exact_search_without_faiss_equals_faiss(tmp_path, monkeypatch):
@@ -307,6 +314,7 @@ def test_open_set_threshold(tmp_path):
     (lambda g, q: g.search(q, k=41), ValueError, "k must be in"),
     (lambda g, q: g.search(q, k=2.0), TypeError, "k must be an int"),
     (lambda g, q: g.search((q[0][:, :5], q[1]), k=3), ValueError, "query"),
+    (lambda g, q: g.search((q[0][:0], q[1][:0]), k=3), ValueError, "query is empty"),
     (lambda g, q: g.search(q, k=3, alpha=2), ValueError, "alpha"),
     (lambda g, q: g.search(q, k=3, threshold="x"), TypeError, "threshold"),
     (lambda g, q: g.search(q, k=3, weighting="lmk"), ValueError, "landmarks"),

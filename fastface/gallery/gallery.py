@@ -39,8 +39,8 @@ class Gallery:
     # ---- opening ---------------------------------------------------------------------------
     def _open(self):
         m, f = self.manifest, self.folder
-        self.embeddings = open_rows(f, m, "embeddings")        # (n, D) float32 unit rows
-        self.patches = open_rows(f, m, "patches")              # (n, N, C) float16
+        self.embeddings = open_rows(f, m, "embeddings")        # (n, D) float32 unit rows, a RowFile
+        self.patches = open_rows(f, m, "patches")              # (n, N, C) float16, a RowFile
         self.labels = open_rows(f, m, "labels")                # (n,) int32
         self.paths = PathColumn(f, open_rows(f, m, "path_ends"))
         with open(os.path.join(f, m["identities_file"]), encoding="utf-8") as fh:
@@ -57,7 +57,7 @@ class Gallery:
 
     @classmethod
     def load(cls, folder, *, backbone=None, verify="full"):
-        """Open the gallery in folder (memory-mapped). verify: "full" (every file's checksums),
+        """Open the gallery in folder (nothing big is read: rows are read on demand). verify: "full" (every file's checksums),
         "quick" (sizes, and the checksums of the small files) or "none". backbone: refuse the
         gallery unless it was built with this backbone spec and the same weights file."""
         if verify not in ("full", "quick", "none"):
@@ -270,7 +270,19 @@ class Gallery:
         from .builder import add_photos
         return add_photos(self, images, **options)
 
-    def _commit(self, appender=None, new_names=(), removed=None, build=False, extra=None):
+    def set_index(self, index="flat", **options):
+        """Replace the stage-1 index (kind and options as in Gallery.create): trained on the stored
+        embeddings and committed atomically (the old index serves until then)."""
+        params = check_index_spec(index, **options)
+        old = self._index
+        self._index = None if params["kind"] != "flat" else Stage1Index(params, self.embeddings)
+        try:
+            self._commit(None, index_params=params)
+        except BaseException:
+            self._index = old
+            raise
+
+    def _commit(self, appender=None, new_names=(), removed=None, build=False, extra=None, index_params=None):
         """Make one new generation visible: row files' new sizes, identities, removed mask, index, build
         state (False: unchanged). Every file is on disk before manifest.json is replaced."""
         f = self.folder
@@ -304,6 +316,10 @@ class Gallery:
             if build is not False:
                 m["build"] = build
             m.update(extra or {})
+            if index_params is not None:
+                if m["index"]["file"]:
+                    del m["files"][m["index"]["file"]]
+                m["index"] = {"params": index_params, "file": None, "indexed": 0}
             self._update_index(m, gen)
             mf.write_json_atomic(os.path.join(f, mf.MANIFEST), m)
         except BaseException:
@@ -370,19 +386,21 @@ class Gallery:
 
     def search(self, query, *, k=100, alpha=0.7, weighting="apc", eps=0.05, max_iter=100, tol=1e-6,
                threshold=None, nprobe=None, ef_search=None, batch_size=64, impl="auto", device="cpu",
-               align="none", progress=False):
+               align="none", progress=False, exact=False):
         """Return SearchResults: per query, the gallery's k nearest faces by stage 1 (the index),
         re-ranked by alpha*EMD + (1-alpha)*(1-cos) (fastface.emd_rerank on the candidates read from the
         patch store), with identities, paths and the open-set decision distance <= threshold.
 
         query: a Faces, an (embeddings, patches) tuple (patches of the gallery's source channels), a
         photo path, a folder of photos or a list of photo paths (encoded with the gallery's backbone).
+        exact=True: exact stage 1 whatever the index (for recall checks).
         """
         from ..ops.rerank import Faces, emd_rerank
         check_number("alpha", alpha, lo=0, hi=1)
         if threshold is not None:
             check_number("threshold", threshold)
         check_bool("progress", progress)
+        check_bool("exact", exact)
         batch_size = check_int("batch_size", batch_size)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
@@ -396,6 +414,8 @@ class Gallery:
             if len(query) == 0:
                 raise ValueError("query: no face found in the query photos")
         q = _faces("query", *query[:2]) if isinstance(query, tuple) else _faces("query", query)
+        if len(q) == 0:
+            raise ValueError("query is empty")
         want = (self.manifest["grid"][0] * self.manifest["grid"][1], self.manifest["source_channels"])
         if tuple(q.patches.shape[1:]) != want or q.embeddings.shape[1] != self.manifest["embedding_dim"]:
             raise ValueError(f"query must have embeddings (B, {self.manifest['embedding_dim']}) and patches (B, "
@@ -407,10 +427,14 @@ class Gallery:
         for s in tqdm(range(0, len(q), batch_size), disable=not progress, desc="search"):
             emb = q.embeddings[s:s + batch_size].detach().float().cpu()
             qn = torch.nn.functional.normalize(emb, dim=1).numpy()
-            cos1, ids1 = self._stage1(qn, k, nprobe, ef_search, device)                      # (b, k)
+            cos1, ids1 = self._stage1(qn, k, nprobe, ef_search, device, exact)               # (b, k)
             uniq = np.unique(ids1)                                                           # sorted
-            g = Faces(torch.from_numpy(read_rows(self.embeddings, uniq)).to(dev),
-                      torch.from_numpy(read_rows(self.patches, uniq)).to(dev))               # (U, N, C) fp16
+            cand = torch.from_numpy(read_rows(self.patches, uniq)).to(dev)                   # (U, N, C) fp16
+            if dev.type == "cpu":
+                cand = cand.float()           # the CPU kernels compute in fp32: convert the U rows once
+            # rows were checked finite when added (and are checksummed on disk): no rescan per search
+            g = Faces(torch.from_numpy(read_rows(self.embeddings, uniq)).to(dev), cand, _defer_patch_check=True)
+            g.patches_checked = True
             pos = torch.from_numpy(np.searchsorted(uniq, ids1)).to(dev)                      # (b, k)
             qp = project(q.patches[s:s + batch_size].to(dev), self.pca)
             res = emd_rerank(Faces(emb.to(dev), qp), g, alpha=alpha, weighting=weighting, eps=eps,
@@ -429,11 +453,11 @@ class Gallery:
                              paths=[paths[i:i + kk] for i in range(0, len(paths), kk)], threshold=threshold,
                              queries=sources)
 
-    def _stage1(self, qn, k, nprobe, ef_search, device):
+    def _stage1(self, qn, k, nprobe=None, ef_search=None, device="cpu", exact=False):
         """(cosine (b, k) float32, item ids (b, k) int64) of the k best non-removed items per query."""
         n_removed = self.manifest["n_removed"]
         k1 = min(self.count, k + n_removed)
-        s, i = self._index.search(qn, k1, nprobe=nprobe, ef_search=ef_search, device=device)
+        s, i = self._index.search(qn, k1, nprobe=nprobe, ef_search=ef_search, device=device, exact=exact)
         ok = i >= 0
         ok[ok] = ~self.removed[i[ok]]
         short = ok.sum(1) < k

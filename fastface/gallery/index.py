@@ -85,7 +85,8 @@ class Stage1Index:
         spec = factory_string(params, n, d)
         index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
-            n_train = min(n, max(20_000, 64 * getattr(faiss.try_extract_index_ivf(index), "nlist", 1)))
+            # 40 points per IVF list (FAISS asks for >= 39); PQ codebooks want >= 256 per centroid
+            n_train = min(n, max(10_000, 40 * getattr(faiss.try_extract_index_ivf(index), "nlist", 1)))
             rows = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
             index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
         out = cls(params, embeddings, index)
@@ -146,7 +147,7 @@ class Stage1Index:
             self._device_index = faiss.index_cpu_to_all_gpus(index, co=co)
         return self._device_index
 
-    def search(self, queries, k, nprobe=None, ef_search=None, device="cpu", exact=False):
+    def search(self, queries, k, nprobe=None, ef_search=None, device="cpu", exact=False, chunk=65536):
         """queries (B, D) float32 unit rows -> (scores (B, k) float32, ids (B, k) int64), best first;
         an approximate index may return fewer than k (id -1, score -inf). exact=True: exact search
         whatever the kind."""
@@ -154,14 +155,15 @@ class Stage1Index:
         k = min(k, n)
         exact = exact or self.exact
         if exact and not have_faiss():
-            import warnings
-
             from ..ops.rerank import topk_cosine
-            with warnings.catch_warnings():   # a read-only memory map: torch only reads it, chunk by chunk
-                warnings.simplefilter("ignore", UserWarning)
-                g = torch.from_numpy(self.embeddings) if n else torch.zeros(0, queries.shape[1])
-            s, i = topk_cosine(torch.from_numpy(queries), g, k)
-            return s.numpy(), i.numpy()
+            q = torch.from_numpy(queries)
+            best_s, best_i = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.int64)
+            for start in range(0, n, chunk):   # chunks read from disk: memory O(chunk)
+                g = torch.from_numpy(self.embeddings[start:start + chunk])
+                s, i = topk_cosine(q, g, min(k, g.shape[0]))
+                best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+                best_i = torch.cat([best_i, i + start], 1).gather(1, order)
+            return best_s.numpy(), best_i.numpy()
         import faiss
         index = self._exact_faiss() if exact and self.index is not None else self._search_index(device)
         if not exact:
@@ -171,6 +173,12 @@ class Stage1Index:
                 ps.set_index_parameter(index, "nprobe", int(nprobe or self.params["nprobe"]))
             if isinstance(base, faiss.IndexHNSW):
                 ps.set_index_parameter(index, "efSearch", max(k, int(ef_search or self.params["ef_search"])))
-        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        threads = faiss.omp_get_max_threads()
+        if len(queries) < 16 and threads > 1:   # one query: OpenMP hand-offs cost more than they save
+            faiss.omp_set_num_threads(1)        # (10x slower with 2 threads on the shared 2-core machine)
+        try:
+            scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        finally:
+            faiss.omp_set_num_threads(threads)
         scores[ids < 0] = -np.inf
         return scores, ids

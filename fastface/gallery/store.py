@@ -3,7 +3,8 @@
 Row files are raw little-endian arrays whose row count the manifest records (no header, so a file
 only grows): embeddings.f32 (n, D) unit rows, patches.f16 (n, N, C) the patch store, labels.i32 (n,)
 identity numbers, paths.bin (UTF-8 source paths back to back) with path_ends.i64 (n,) their ends.
-Reading the k candidates of a query batch touches only their rows: RAM is bounded by the batch.
+The k candidates of a query batch are read (sorted, de-duplicated, runs coalesced) with pread:
+RAM is bounded by the batch, not the gallery.
 The optional PCA (components (C0, C) float32, an uncentred projection, so patch inner products and
 cosines are kept within the leading subspace) is fitted once, at creation, on the first faces.
 """
@@ -29,18 +30,92 @@ def row_bytes(manifest, name):
     return int(np.prod(row_shapes(manifest)[name], dtype=np.int64)) * np.dtype(ROW_FILES[name][1]).itemsize
 
 
+class RowFile:
+    """Rows [0, count) of a row file, read with pread (no mapping): rows[a:b] a range, rows[ids] sorted
+    int ids (candidates; consecutive ids coalesced into one read), np.asarray(rows) all of it.
+
+    Why not np.memmap for the candidates: a page fault on a mapped file maps the whole page-cache
+    folio around it (up to MBs on current kernels), so a few thousand scattered 16 KiB rows made the
+    process map ~1.4 GB of a 1.6 GB store (bench/RESULTS.md); explicit reads keep RSS to the batch.
+    memmap() gives the mapping for bulk scans."""
+
+    def __init__(self, path, dtype, row_shape, count):
+        self.path, self.dtype, self.row_shape, self.count = path, np.dtype(dtype), tuple(row_shape), int(count)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd = None
+
+    @property
+    def shape(self):
+        return (self.count, *self.row_shape)
+
+    def __len__(self):
+        return self.count
+
+    def _fileno(self):
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def _read_into(self, out, start):
+        """Fill out (a C-contiguous array of whole rows) from row start on."""
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done, fd, offset = 0, self._fileno(), start * self.row_bytes
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise OSError(f"{self.path!r}: unexpected end of file at byte {offset + done}")
+            done += n
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.count)
+            if step != 1:
+                raise IndexError("RowFile slices must be contiguous")
+            out = np.empty((max(0, b - a), *self.row_shape), dtype=self.dtype)
+            if b > a:
+                self._read_into(out, a)
+            return out
+        if isinstance(key, (int, np.integer)):
+            return self[int(key):int(key) + 1][0]
+        ids = np.asarray(key, dtype=np.int64).reshape(-1)
+        out = np.empty((len(ids), *self.row_shape), dtype=self.dtype)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.count):
+            raise IndexError(f"row ids must be in [0, {self.count})")
+        if len(ids) > 1 and np.any(np.diff(ids) <= 0):
+            raise ValueError("row ids must be sorted and unique")
+        breaks = np.flatnonzero(np.diff(ids) != 1) + 1               # runs of consecutive ids
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(ids)]):
+            self._read_into(out[a:b], int(ids[a]))
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0:self.count]
+        return out if dtype is None else out.astype(dtype)
+
+    def memmap(self):
+        """A read-only np.memmap of the rows (an empty array when there are none)."""
+        if self.count == 0:
+            return np.zeros(self.shape, dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
+
+
 def open_rows(folder, manifest, name):
-    """Read-only memory map of row file `name` (count, *row shape) (an empty array if count is 0)."""
+    """Row file `name` (count, *row shape): a RowFile (embeddings, patches), or in RAM (labels, path_ends:
+    a few bytes per face)."""
     fname, dtype = ROW_FILES[name]
-    shape = (manifest["count"], *row_shapes(manifest)[name])
-    if manifest["count"] == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(os.path.join(folder, fname), dtype=dtype, mode="r", shape=shape)
+    rows = RowFile(os.path.join(folder, fname), dtype, row_shapes(manifest)[name], manifest["count"])
+    if name in ("labels", "path_ends"):
+        return np.asarray(rows) if rows.count else np.zeros(rows.shape, dtype=dtype)
+    return rows
 
 
 def read_rows(rows, ids):
-    """rows[ids] for sorted unique int64 ids (B*k candidates), read in file order -> a numpy copy."""
-    return np.asarray(rows[ids])
+    """rows[ids] for sorted unique int64 ids (the B*k candidates of a batch), read in file order."""
+    return rows[ids]
 
 
 class PathColumn:

@@ -1,0 +1,246 @@
+"""fastface.Gallery at scale: build time, disk size, RSS while searching, single-query latency (p50/p99)
+and batch throughput end to end (stage 1 + candidate fetch + EMD re-rank), exact vs IVF stage 1,
+IVF recall@100 against exact; and what the patch store's PCA costs in accuracy.
+
+    nice -n 5 python bench/bench_gallery.py --sizes 10000 100000 1000000 --root /work/gbench
+    python bench/bench_gallery.py --pca-accuracy
+
+Synthetic face-like galleries (dlib-like shapes: D = 128 embeddings, 8x8x128 fp16 patch maps):
+10 faces per identity; an identity has a centre embedding and a low-rank patch component on a
+shared template, each face adds noise (bench/cases.py's face_like, made streamable). Queries are
+new faces of gallery identities. Searching runs in a fresh subprocess, so its RSS is the search's.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+D, C, N, RANK, PER_ID = 128, 128, 64, 16, 10
+
+
+class FaceModel:
+    """Face-like embeddings (n, D) and patches (n, N, C) for faces of n_ids identities, made by chunks.
+
+    Identity centres have a power-law spectrum (variance of principal axis j ~ 1/j, randomly
+    rotated): face embeddings are not isotropic (the shipped backbone's decay much faster still);
+    a face adds isotropic noise 0.35 per dimension (same-identity cosine ~0.9)."""
+
+    def __init__(self, n_ids, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        spectrum = 1.0 / torch.arange(1, D + 1, dtype=torch.float64)
+        spectrum = spectrum / spectrum.sum() * D
+        rotation, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+        self.centres = ((torch.randn(n_ids, D, generator=g, dtype=torch.float64) * spectrum.sqrt()) @ rotation.T).float()
+        self.codes = torch.randn(n_ids, RANK, generator=g)                         # low-rank identity parts
+        self.basis = torch.randn(RANK, N * C, generator=g) / math.sqrt(RANK)
+        self.template = torch.randn(N * C, generator=g)
+
+    def faces(self, who, seed):
+        g = torch.Generator().manual_seed(seed)
+        emb = self.centres[who] + 0.35 * torch.randn(len(who), D, generator=g)
+        pat = self.template + 0.8 * (self.codes[who] @ self.basis) + 0.6 * torch.randn(len(who), N * C, generator=g)
+        return emb, pat.view(len(who), N, C)
+
+
+def build(folder, n, chunk=16384, seed=0):
+    """Stream n synthetic faces into a new gallery at folder; returns timings and sizes."""
+    from fastface.gallery import Gallery
+    model = FaceModel(max(1, n // PER_ID), seed)
+    g = Gallery.create(folder, embedding_dim=D, grid=8, channels=C, build={"synthetic": n})
+    t_gen = t_write = 0.0
+    for s in range(0, n, chunk):
+        t0 = time.perf_counter()
+        who = torch.arange(s, min(n, s + chunk)) % model.centres.shape[0]
+        emb, pat = model.faces(who, seed * 7919 + s)
+        t1 = time.perf_counter()
+        g.add((emb, pat), [f"id{int(i)}" for i in who], build={"synthetic": n, "done": int(s + len(who))})
+        t_write += time.perf_counter() - t1
+        t_gen += t1 - t0
+    t0 = time.perf_counter()
+    g._commit(None, build=None)
+    t_write += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nlist = max(64, int(2 * math.sqrt(n)))
+    g.set_index("ivf", nlist=nlist, nprobe=32)
+    t_ivf = time.perf_counter() - t0
+    return {"n": n, "generate_s": t_gen, "build_s": t_write, "ivf_train_add_s": t_ivf, "nlist": nlist,
+            "disk_bytes": g.info()["disk_bytes"]}
+
+
+def rss_mb():
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS", "VmHWM", "RssAnon", "RssFile")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
+def measure(folder, n, queries=200, k=100, threads=2, seed=123):
+    """In this (fresh) process: load, recall, single-query latency and batch throughput, exact and IVF."""
+    import faiss
+
+    from fastface.gallery import Gallery
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    t0 = time.perf_counter()
+    g = Gallery.load(folder, verify="quick")
+    t_load = time.perf_counter() - t0
+    model = FaceModel(max(1, n // PER_ID), 0)
+    who = torch.randint(0, model.centres.shape[0], (queries,), generator=torch.Generator().manual_seed(seed))
+    q_emb, q_pat = model.faces(who, seed)
+    qn = torch.nn.functional.normalize(q_emb, dim=1).numpy()
+    out = {"n": n, "load_quick_s": t_load, "rss_after_load_mb": rss_mb()["VmRSS"]}
+    # stage 1 alone: exact vs IVF recall@k over every query, nprobe chosen as the smallest >= 0.95
+    _, exact_ids = g._stage1(qn, k, exact=True)
+    out["recall"] = {}
+    chosen = None
+    for nprobe in (8, 16, 32, 64, 128, 256):
+        _, ivf_ids = g._stage1(qn, k, nprobe=nprobe)
+        r = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ivf_ids.tolist(), exact_ids.tolist())]))
+        out["recall"][nprobe] = r
+        if chosen is None and r >= 0.95:
+            chosen = nprobe
+    chosen = chosen or 256
+    out["nprobe"] = chosen
+    # identification: does stage 2's best item have the query's identity?
+    for name, kw in (("exact", dict(exact=True)), ("ivf", dict(nprobe=chosen))):
+        single = []
+        for j in range(min(queries, 100) + 5):
+            i = (j - 5) % queries
+            t0 = time.perf_counter()
+            res = g.search((q_emb[i:i + 1], q_pat[i:i + 1]), k=k, **kw)
+            single.append(time.perf_counter() - t0)
+        single = np.array(single[5:]) * 1e3            # the first 5 warm up
+        s1 = []
+        for i in range(min(queries, 100)):
+            t0 = time.perf_counter()
+            g._stage1(qn[i:i + 1], k, nprobe=chosen, exact=name == "exact")
+            s1.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        res = g.search((q_emb, q_pat), k=k, batch_size=64, **kw)
+        t_batch = time.perf_counter() - t0
+        top1 = np.mean([res.identities[i][0] == f"id{int(w)}" for i, w in enumerate(who)])
+        out[name] = {"p50_ms": float(np.percentile(single, 50)), "p99_ms": float(np.percentile(single, 99)),
+                     "mean_ms": float(single.mean()), "stage1_p50_ms": float(np.percentile(np.array(s1) * 1e3, 50)),
+                     "batch_queries_per_s": queries / t_batch, "top1_identity": float(top1)}
+    mem = rss_mb()
+    out.update({"rss_mb": mem["VmRSS"], "peak_rss_mb": mem["VmHWM"], "rss_anon_mb": mem["RssAnon"],
+                "rss_file_mb": mem["RssFile"]})
+    return out
+
+
+def pca_accuracy(k=100):
+    """Stage-2 P@1 on a held-out SynthFaces split (shipped ArcFace backbone, 8x8x128 maps), clean and
+    mask-occluded queries, with the patch store at 128 (no PCA), 64, 32 and 16 channels."""
+    import tempfile
+
+    from fastface.backbones import load_encoder
+    from fastface.eval.identification import extract_features
+    from fastface.eval.jobs import occlude_queries, synthfaces_split
+    from fastface.gallery import Gallery
+    torch.set_num_threads(2)
+    enc = load_encoder("arcface")
+    split = synthfaces_split(n_identities=100)
+    g_img, _, g_lab = split["gallery"]
+    q_img, q_lm, q_lab = split["queries"]
+    g_emb, g_map = extract_features(enc, g_img)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for occ in ("none", "mask"):
+            qi, _ = occlude_queries(q_img, q_lm, occ)
+            q_emb, q_map = extract_features(enc, qi)
+            for pca in (None, 64, 32, 16):
+                folder = os.path.join(tmp, f"{occ}-{pca}")
+                g = Gallery.from_tensors(folder, g_emb, g_map, [str(int(x)) for x in g_lab], pca=pca)
+                t0 = time.perf_counter()
+                res = g.search((q_emb, q_map), k=k)
+                t = (time.perf_counter() - t0) / len(q_lab)
+                p1_2 = np.mean([res.identities[i][0] == str(int(q_lab[i])) for i in range(len(q_lab))])
+                p1_1 = np.mean([g.identity_of([res.stage1_items[i, 0]])[0] == str(int(q_lab[i]))
+                                for i in range(len(q_lab))])
+                rows.append({"occlude": occ, "channels": pca or 128, "stage1_p1": float(p1_1),
+                             "stage2_p1": float(p1_2), "ms_per_query": 1e3 * t,
+                             "patch_store_bytes": os.path.getsize(os.path.join(folder, "patches.f16"))})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ns = [r["n"] for r in results]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, style in (("exact", "o-"), ("ivf", "s-")):
+        ax[0].plot(ns, [r["search"][name]["p50_ms"] for r in results], style, label=f"{name} p50")
+        ax[0].plot(ns, [r["search"][name]["p99_ms"] for r in results], style, alpha=0.4, label=f"{name} p99")
+        ax[1].plot(ns, [r["search"][name]["batch_queries_per_s"] for r in results], style, label=name)
+    ax[0].axhline(25, color="grey", ls=":", label="goal 25 ms")
+    ax[0].set(xscale="log", yscale="log", xlabel="gallery faces", ylabel="ms per query (k = 100)",
+              title="single-query latency, end to end")
+    ax[1].set(xscale="log", xlabel="gallery faces", ylabel="queries / s", title="batch throughput (64 per batch)")
+    ax[2].plot(ns, [r["build"]["build_s"] for r in results], "o-", label="build (write + checksums)")
+    ax[2].plot(ns, [r["build"]["disk_bytes"] / 2**30 for r in results], "s-", label="disk GiB")
+    ax[2].plot(ns, [r["search"]["peak_rss_mb"] / 1024 for r in results], "^-", label="search peak RSS GiB")
+    ax[2].set(xscale="log", yscale="log", xlabel="gallery faces", title="build seconds, disk, RSS")
+    for a in ax:
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--root", default="/work/gbench", help="scratch folder for the galleries (deleted after)")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="bench/gallery_results.json")
+    p.add_argument("--plot", default="docs/figures/gallery_scaling.png")
+    p.add_argument("--keep", action="store_true", help="keep the galleries")
+    p.add_argument("--pca-accuracy", action="store_true")
+    p.add_argument("--measure", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.queries, threads=args.threads)))
+        return
+    if args.pca_accuracy:
+        rows = pca_accuracy()
+        with open(args.out.replace(".json", "_pca.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
+        return
+    torch.set_num_threads(args.threads)
+    results = []
+    for n in args.sizes:
+        folder = os.path.join(args.root, f"g{n}")
+        shutil.rmtree(folder, ignore_errors=True)
+        b = build(folder, n)
+        print("build", b, flush=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        proc = subprocess.run([sys.executable, __file__, "--measure", folder, str(n), "--queries", str(args.queries),
+                               "--threads", str(args.threads)], capture_output=True, text=True, env=env)
+        if proc.returncode:
+            print(proc.stderr, file=sys.stderr)
+            raise SystemExit(proc.returncode)
+        s = json.loads(proc.stdout.strip().splitlines()[-1])
+        print("search", s, flush=True)
+        results.append({"n": n, "build": b, "search": s})
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=1)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
