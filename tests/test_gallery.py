@@ -213,6 +213,19 @@ def test_killed_add_leaves_the_previous_gallery(tmp_path, monkeypatch):
     assert torch.equal(Gallery.load(tmp_path / "g").search(q, k=8).items, full.search(q, k=8).items)
 
 
+def test_one_writer_at_a_time_and_writers_see_each_others_commits(tmp_path):
+    emb, pat, names = clustered(30)
+    a = Gallery.from_tensors(tmp_path / "g", emb[:20], pat[:20], names[:20])
+    b = Gallery.load(tmp_path / "g")
+    b.add((emb[20:25], pat[20:25]), names[20:25])
+    a.add((emb[25:], pat[25:]), names[25:])              # a catches up with b's commit first
+    g = Gallery.load(tmp_path / "g")
+    assert len(g) == 30 and g.identity_of(range(30)) == names
+    with a.writing():
+        with pytest.raises(GalleryError, match="being written by another process"):
+            b.remove(items=[0])
+
+
 def test_killed_build_is_usable_and_resumes(tmp_path, tiny_ckpt, photos, monkeypatch):
     spec = f"arcface:{tiny_ckpt}"
     real = gbuilder.encode_paths

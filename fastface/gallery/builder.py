@@ -199,7 +199,6 @@ def add_photos(g, images, *, csv=None, batch_size=64, workers=0, device="cpu", a
                progress=True, chunk=256):
     """Add photos (DIR/<identity>/<image>, or a flat folder with csv) to gallery g in ONE commit: a
     killed add leaves g as it was. Returns dict(added, unreadable, no_face)."""
-    from .store import Appender
     if csv is not None:
         paths, names = read_identity_csv(csv, os.fspath(images))
     else:
@@ -208,13 +207,21 @@ def add_photos(g, images, *, csv=None, batch_size=64, workers=0, device="cpu", a
     backbone = g.manifest["backbone"]
     enc = g.encoder(device, align)
     grid = g.manifest["grid"][0]
+    with g.writing():
+        return _add_photos_locked(g, enc, paths, names, grid, backbone, batch_size, workers, align, all_faces,
+                                  progress, chunk)
+
+
+def _add_photos_locked(g, enc, paths, names, grid, backbone, batch_size, workers, align, all_faces, progress, chunk):
     from tqdm import tqdm
+
     from ..ops.rerank import Faces
+    from .store import Appender
     appender = Appender(g.folder, g.manifest)
     new_names, added, unreadable, no_face = [], 0, [], 0
+    known = list(g.identity_names)
     try:
         bar = tqdm(total=len(paths), disable=not progress, desc="add photos", unit="photo")
-        known = list(g.identity_names)
         for a, b, loaded in _loaded_chunks(enc, paths, _chunks(len(paths), 0, chunk), workers, backbone, align,
                                            all_faces):
             got = encode_paths(enc, paths[a:b], grid, batch_size, loaded=loaded)

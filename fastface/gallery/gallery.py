@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import re
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -190,6 +191,27 @@ class Gallery:
         return [self.identity_names[int(self.labels[int(i)])] for i in items]
 
     # ---- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def writing(self):
+        """Hold the gallery's writer lock (flock on .lock: released if the process dies) and bring this
+        object up to the latest committed generation first. add / remove / set_index take it."""
+        import fcntl
+        fd = os.open(os.path.join(self.folder, ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise mf.GalleryError(f"gallery {self.folder!r} is being written by another process") from None
+        try:
+            latest = mf.read_manifest(self.folder)
+            if latest["generation"] != self.manifest["generation"]:
+                self.manifest, self._index = latest, None
+                self._open()
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def _prepare_rows(self, faces, identities, paths):
         """Validate one batch to add; return (unit embeddings, fp16 patches, label numbers, paths, new names)."""
         m = self.manifest
@@ -227,41 +249,43 @@ class Gallery:
         patches = project(faces.patches.detach().cpu(), self.pca).to(torch.float16).numpy()
         return emb, patches, labels, list(paths), new
 
-    def add(self, faces, identities, paths=None, *, build=None, _commit=True):
+    def add(self, faces, identities, paths=None, *, build=None):
         """Add faces (a Faces, or an (embeddings (n, D), patches) tuple) named identities (n names) with
         optional source paths; one atomic commit. Returns the new item ids (n,) int64."""
         faces = _faces("faces", faces) if not isinstance(faces, tuple) else _faces("faces", *faces[:2])
         if len(faces) == 0:
             raise ValueError("faces is empty: nothing to add")
-        emb, patches, labels, paths, new = self._prepare_rows(faces, identities, paths)
-        start = self.count
-        appender = Appender(self.folder, self.manifest)
-        try:
-            appender.append(emb, patches, labels, paths)
-        except BaseException:
-            appender.close()
-            raise
-        self._commit(appender, new_names=new, build=build)
+        with self.writing():
+            emb, patches, labels, paths, new = self._prepare_rows(faces, identities, paths)
+            start = self.count
+            appender = Appender(self.folder, self.manifest)
+            try:
+                appender.append(emb, patches, labels, paths)
+            except BaseException:
+                appender.close()
+                raise
+            self._commit(appender, new_names=new, build=build)
         return torch.arange(start, start + len(faces))
 
     def remove(self, items=None, identity=None):
         """Mark gallery items (ids) and/or every item of an identity (name) removed; one atomic commit.
         Returns the number of items newly removed."""
-        rows = np.zeros(self.count, dtype=bool)
-        if items is not None:
-            ids = np.asarray(torch.as_tensor(items).reshape(-1).cpu())
-            if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= self.count):
-                raise ValueError(f"items must be item ids in [0, {self.count}), got {ids[:5].tolist()}...")
-            rows[ids] = True
-        if identity is not None:
-            if identity not in self.identity_names:
-                raise ValueError(f"identity {identity!r} is not in gallery {self.folder!r}")
-            rows |= np.asarray(self.labels) == self.identity_names.index(identity)
         if items is None and identity is None:
             raise ValueError("remove needs items (ids) or identity (a name)")
-        fresh = rows & ~self.removed
-        if fresh.any():
-            self._commit(None, removed=self.removed | rows)
+        with self.writing():
+            rows = np.zeros(self.count, dtype=bool)
+            if items is not None:
+                ids = np.asarray(torch.as_tensor(items).reshape(-1).cpu())
+                if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= self.count):
+                    raise ValueError(f"items must be item ids in [0, {self.count}), got {ids[:5].tolist()}")
+                rows[ids] = True
+            if identity is not None:
+                if identity not in self.identity_names:
+                    raise ValueError(f"identity {identity!r} is not in gallery {self.folder!r}")
+                rows |= self.labels == self.identity_names.index(identity)
+            fresh = rows & ~self.removed
+            if fresh.any():
+                self._commit(None, removed=self.removed | rows)
         return int(fresh.sum())
 
     def add_images(self, images, **options):
@@ -277,7 +301,8 @@ class Gallery:
         old = self._index
         self._index = None if params["kind"] != "flat" else Stage1Index(params, self.embeddings)
         try:
-            self._commit(None, index_params=params)
+            with self.writing():
+                self._commit(None, index_params=params)
         except BaseException:
             self._index = old
             raise
