@@ -249,7 +249,7 @@ class Gallery:
         patches = project(faces.patches.detach().cpu(), self.pca).to(torch.float16).numpy()
         return emb, patches, labels, list(paths), new
 
-    def add(self, faces, identities, paths=None, *, build=None):
+    def add(self, faces, identities, paths=None, *, build=False):
         """Add faces (a Faces, or an (embeddings (n, D), patches) tuple) named identities (n names) with
         optional source paths; one atomic commit. Returns the new item ids (n,) int64."""
         faces = _faces("faces", faces) if not isinstance(faces, tuple) else _faces("faces", *faces[:2])
