@@ -223,6 +223,29 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
+def table(results):
+    """Markdown tables of a results JSON (what bench/RESULTS.md shows)."""
+    lines = ["| faces | build s | disk GiB | IVF train+add s (nlist) | load s | search RSS / peak MB | "
+             "IVF nprobe: recall@100 |", "|---" * 7 + "|"]
+    for r in results:
+        b, s = r["build"], r["search"]
+        rec = ", ".join(f"{p}: {v:.3f}" for p, v in s["recall"].items())
+        lines.append(f"| {r['n']:,} | {b['build_s']:.0f} | {b['disk_bytes'] / 2**30:.2f} | "
+                     f"{b['ivf_train_add_s']:.0f} ({b['nlist']}) | {s['load_quick_s']:.2f} | "
+                     f"{s['rss_mb']:.0f} / {s['peak_rss_mb']:.0f} | {rec} |")
+    lines += ["", "| faces | stage 1 | 1-thread CPU p50 / p99 ms | of which stage 1 / fetch / re-rank ms | "
+              "wall p50 / p99 ms (2 threads, shared) | batch of 64: queries/s | top-1 identity |", "|---" * 7 + "|"]
+    for r in results:
+        for name in ("exact", "ivf"):
+            x = r["search"][name]
+            label = "exact" if name == "exact" else f"IVF, nprobe {r['search']['nprobe']}"
+            lines.append(f"| {r['n']:,} | {label} | {x['cpu1_p50_ms']:.1f} / {x['cpu1_p99_ms']:.1f} | "
+                         f"{x['cpu1_stage1_p50_ms']:.1f} / {x['cpu1_fetch_p50_ms']:.1f} / {x['cpu1_rerank_p50_ms']:.1f} | "
+                         f"{x['p50_ms']:.0f} / {x['p99_ms']:.0f} | {x['batch_queries_per_s']:.1f} | "
+                         f"{100 * x['top1_identity']:.1f} % |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
@@ -233,10 +256,15 @@ def main():
     p.add_argument("--plot", default="docs/figures/gallery_scaling.png")
     p.add_argument("--keep", action="store_true", help="keep the galleries")
     p.add_argument("--pca-accuracy", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the markdown tables of --out")
     p.add_argument("--measure", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.queries, threads=args.threads)))
+        return
+    if args.table:
+        with open(args.out) as fh:
+            print(table(json.load(fh)))
         return
     if args.pca_accuracy:
         rows = pca_accuracy()
