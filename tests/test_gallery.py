@@ -265,6 +265,39 @@ def test_build_skips_and_reports_unreadable_photos(tmp_path, tiny_ckpt, photos):
     assert len(g) == 15 and len(g.manifest["build_report"]["unreadable"]) == 1
 
 
+def test_flat_folder_with_csv_equals_identity_folders(tmp_path, tiny_ckpt, photos):
+    import shutil
+    from fastface.data import scan_image_folder
+    paths, labels, names = scan_image_folder(photos)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["file,identity"]
+    for j, (p, lab) in enumerate(zip(paths, labels)):
+        shutil.copy(p, flat / f"img{j:03d}.png")
+        rows.append(f"img{j:03d}.png,{names[lab]}")
+    (tmp_path / "ids.csv").write_text("\n".join(rows) + "\n")
+    spec = f"arcface:{tiny_ckpt}"
+    a = Gallery.build(tmp_path / "a", flat, spec, csv=tmp_path / "ids.csv", progress=False)
+    b = Gallery.build(tmp_path / "b", photos, spec, progress=False)
+    assert a.identity_of(range(15)) == b.identity_of(range(15))
+    assert np.array_equal(np.asarray(a.patches), np.asarray(b.patches))
+    (tmp_path / "bad.csv").write_text("name,who\nimg000.png,x\n")
+    with pytest.raises(ValueError, match="needs the columns path"):
+        Gallery.build(tmp_path / "c", flat, spec, csv=tmp_path / "bad.csv", progress=False)
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(backbone="resnet"), ValueError, "backbone must be"),
+    (dict(images="/no/such/folder"), ValueError, "images must be a folder"),
+    (dict(chunk=0), ValueError, "chunk"),
+    (dict(grid=3), ValueError, "grid 3 does not divide"),
+])
+def test_build_bad_arguments_named(tmp_path, tiny_ckpt, photos, kwargs, exc, words):
+    args = dict(images=photos, backbone=f"arcface:{tiny_ckpt}", progress=False) | kwargs
+    with pytest.raises(exc, match=words):
+        Gallery.build(tmp_path / "g", **args)
+
+
 # ---- stage 1 options -------------------------------------------------------------------------
 def test_faiss_options_against_exact(tmp_path):
     pytest.importorskip("faiss")
