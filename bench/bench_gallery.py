@@ -196,6 +196,42 @@ def pca_accuracy(k=100):
     return rows
 
 
+def index_options(n=100_000, queries=200, k=100, seed=123):
+    """Stage 1 alone on n face-like embeddings: recall@k of each FAISS option against exact search,
+    its build time and 1-thread CPU ms per single query."""
+    import faiss
+
+    from fastface.gallery.index import Stage1Index, check_index_spec
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    model = FaceModel(n // PER_ID, 0)
+    who = torch.arange(n) % model.centres.shape[0]
+    g = torch.Generator().manual_seed(1)
+    emb = torch.nn.functional.normalize(model.centres[who] + 0.35 * torch.randn(n, D, generator=g), dim=1).numpy()
+    qw = torch.randint(0, model.centres.shape[0], (queries,), generator=torch.Generator().manual_seed(seed))
+    q = torch.nn.functional.normalize(model.centres[qw] + 0.35 * torch.randn(queries, D, generator=g), dim=1).numpy()
+    exact = Stage1Index(check_index_spec("flat"), emb)
+    _, want = exact.search(q, k)
+    nlist = int(2 * math.sqrt(n))
+    rows = []
+    for kind, opts, search in (("flat", {}, [{}]),
+                               ("ivf", dict(nlist=nlist), [dict(nprobe=p) for p in (32, 64, 128)]),
+                               ("hnsw", dict(hnsw_m=32), [dict(ef_search=e) for e in (128, 256, 512)]),
+                               ("ivf-pq", dict(nlist=nlist, pq=32), [dict(nprobe=p) for p in (64, 128)]),
+                               ("hnsw-pq", dict(hnsw_m=32, pq=32), [dict(ef_search=e) for e in (256, 512)])):
+        t0 = time.perf_counter()
+        index = Stage1Index.train(check_index_spec(kind, **opts), emb)
+        t_build = time.perf_counter() - t0
+        for kw in search:
+            _, got = index.search(q, k, **kw)
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), want.tolist())]))
+            cpu = [timed(lambda i=i: index.search(q[i:i + 1], k, **kw), time.thread_time)[0] for i in range(queries)]
+            rows.append({"index": kind, **opts, **kw, "build_s": t_build, "recall": recall,
+                         "cpu1_p50_ms": pct(cpu, 50)})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -256,6 +292,7 @@ def main():
     p.add_argument("--plot", default="docs/figures/gallery_scaling.png")
     p.add_argument("--keep", action="store_true", help="keep the galleries")
     p.add_argument("--pca-accuracy", action="store_true")
+    p.add_argument("--index-options", type=int, metavar="N", help="stage 1 alone: every FAISS option on N faces")
     p.add_argument("--table", action="store_true", help="print the markdown tables of --out")
     p.add_argument("--measure", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -265,6 +302,11 @@ def main():
     if args.table:
         with open(args.out) as fh:
             print(table(json.load(fh)))
+        return
+    if args.index_options:
+        rows = index_options(args.index_options)
+        with open(args.out.replace(".json", "_index.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
         return
     if args.pca_accuracy:
         rows = pca_accuracy()
