@@ -58,6 +58,12 @@ def photos(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_ckpt, photos):
+    """The local build of `photos` (what other builds are compared with)."""
+    return Gallery.build(tmp_path_factory.mktemp("built") / "g", photos, f"arcface:{tiny_ckpt}", progress=False)
+
+
 # ---- emd_rerank with a stage 1 made elsewhere ----------------------------------------------------
 def test_emd_rerank_candidates_equals_its_own_stage1():
     emb, pat, _ = clustered(41)
@@ -226,7 +232,7 @@ def test_one_writer_at_a_time_and_writers_see_each_others_commits(tmp_path):
             b.remove(items=[0])
 
 
-def test_killed_build_is_usable_and_resumes(tmp_path, tiny_ckpt, photos, monkeypatch):
+def test_killed_build_is_usable_and_resumes(tmp_path, tiny_ckpt, photos, built, monkeypatch):
     spec = f"arcface:{tiny_ckpt}"
     real = gbuilder.encode_paths
     calls = []
@@ -246,7 +252,7 @@ def test_killed_build_is_usable_and_resumes(tmp_path, tiny_ckpt, photos, monkeyp
     monkeypatch.setattr(gbuilder, "encode_paths", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     g = Gallery.build(tmp_path / "g", photos, spec, chunk=4, progress=False)
     assert len(calls) == 2 and g.manifest["build"] is None                          # chunks 8..12, 12..15
-    fresh = Gallery.build(tmp_path / "fresh", photos, spec, chunk=5, progress=False)
+    fresh = built                                                                   # one chunk
     assert len(g) == len(fresh) == 15
     assert_close(torch.tensor(np.asarray(g.embeddings)), torch.tensor(np.asarray(fresh.embeddings)))
     assert np.array_equal(np.asarray(g.patches), np.asarray(fresh.patches))
@@ -265,7 +271,7 @@ def test_build_skips_and_reports_unreadable_photos(tmp_path, tiny_ckpt, photos):
     assert len(g) == 15 and len(g.manifest["build_report"]["unreadable"]) == 1
 
 
-def test_flat_folder_with_csv_equals_identity_folders(tmp_path, tiny_ckpt, photos):
+def test_flat_folder_with_csv_equals_identity_folders(tmp_path, tiny_ckpt, photos, built):
     import shutil
     from fastface.data import scan_image_folder
     paths, labels, names = scan_image_folder(photos)
@@ -278,7 +284,7 @@ def test_flat_folder_with_csv_equals_identity_folders(tmp_path, tiny_ckpt, photo
     (tmp_path / "ids.csv").write_text("\n".join(rows) + "\n")
     spec = f"arcface:{tiny_ckpt}"
     a = Gallery.build(tmp_path / "a", flat, spec, csv=tmp_path / "ids.csv", progress=False)
-    b = Gallery.build(tmp_path / "b", photos, spec, progress=False)
+    b = built
     assert a.identity_of(range(15)) == b.identity_of(range(15))
     assert np.array_equal(np.asarray(a.patches), np.asarray(b.patches))
     (tmp_path / "bad.csv").write_text("name,who\nimg000.png,x\n")
@@ -301,8 +307,8 @@ def test_build_bad_arguments_named(tmp_path, tiny_ckpt, photos, kwargs, exc, wor
 # ---- stage 1 options -------------------------------------------------------------------------
 def test_faiss_options_against_exact(tmp_path):
     pytest.importorskip("faiss")
-    emb, pat, names = clustered(2000, d=32, c=4, side=2, ids=200)
-    q = noisy(emb, pat, list(range(0, 2000, 97)), scale=0.5)
+    emb, pat, names = clustered(1200, d=32, c=4, side=2, ids=120)
+    q = noisy(emb, pat, list(range(0, 1200, 61)), scale=0.5)
     exact = Gallery.from_tensors(tmp_path / "flat", emb, pat, names)
     want = exact.search(q, k=20).stage1_items
 
@@ -364,6 +370,9 @@ def test_open_set_threshold(tmp_path):
     (lambda g, q: g.search(q, k=3, alpha=2), ValueError, "alpha"),
     (lambda g, q: g.search(q, k=3, threshold="x"), TypeError, "threshold"),
     (lambda g, q: g.search(q, k=3, weighting="lmk"), ValueError, "landmarks"),
+    (lambda g, q: g.search(q, k=3, weighting="xyz"), ValueError, "weighting must be one of"),
+    (lambda g, q: g.search(q, k=3, eps=0), ValueError, "eps"),
+    (lambda g, q: g.search(q, k=3, impl="gpu"), ValueError, "impl must be one of"),
     (lambda g, q: g.search("/no/such/dir", k=3), ValueError, "images"),
     (lambda g, q: g.add(q, ["a"]), ValueError, "identities must name each of the 2"),
     (lambda g, q: g.add((q[0], q[1][:, :4]), ["a", "b"]), ValueError, "patches must be"),
@@ -442,17 +451,17 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_build_and_search_equal_local(tmp_path, tiny_ckpt, photos, ray_local):
+def test_ray_build_and_search_equal_local(tmp_path, tiny_ckpt, photos, built, ray_local):
     from fastface.gallery.ray_jobs import ray_build, ray_search
     spec = f"arcface:{tiny_ckpt}"
-    local = Gallery.build(tmp_path / "local", photos, spec, progress=False)
+    local = built
     dist = ray_build(tmp_path / "ray", photos, spec, batch_size=4, num_encoders=2, progress=False)
     assert len(dist) == len(local) == 15
     assert dist.identity_of(range(15)) == local.identity_of(range(15))
     assert dist.paths.many(range(15)) == local.paths.many(range(15))
     assert_close(torch.tensor(np.asarray(dist.embeddings)), torch.tensor(np.asarray(local.embeddings)))
     assert_close(torch.tensor(np.asarray(dist.patches)).float(), torch.tensor(np.asarray(local.patches)).float())
-    rows = ray_search(tmp_path / "ray", photos, k=4, batch_size=4, progress=False)
+    rows = ray_search(tmp_path / "ray", photos, k=4, batch_size=8, progress=False)
     ref = local.search(photos, k=4)
     assert [r["query"] for r in rows] == ref.queries
     assert [r["identity"] for r in rows] == [ref.identity(i) for i in range(len(ref))]

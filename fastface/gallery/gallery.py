@@ -19,9 +19,10 @@ from .._checks import check_bool, check_int, check_number
 from . import manifest as mf
 from .index import Stage1Index, check_index_spec
 from .results import SearchResults
-from .store import (PATHS_FILE, ROW_FILES, Appender, PathColumn, fit_pca, load_pca, open_rows, project,
+from .store import (ROW_FILES, Appender, PathColumn, fit_pca, load_pca, open_rows, project,
                     read_rows, save_pca)
 
+SEARCH_WEIGHTINGS = ("apc", "uniform", "sc", "cc")   # "lmk" needs landmarks, which galleries do not store
 GENERATION_FILE = re.compile(r"^(identities\.\d+\.json|removed\.\d+\.u8|index\.\d+\.faiss)$")
 
 
@@ -420,8 +421,14 @@ class Gallery:
         photo path, a folder of photos or a list of photo paths (encoded with the gallery's backbone).
         exact=True: exact stage 1 whatever the index (for recall checks).
         """
+        from .. import _backend as be
+        from .._checks import check_solver_args
         from ..ops.rerank import Faces, emd_rerank
         check_number("alpha", alpha, lo=0, hi=1)
+        check_solver_args(eps, max_iter, tol, "auto")       # all of stage 2's arguments before stage 1 runs
+        be.resolve_impl(impl, torch.device(device))
+        if weighting not in SEARCH_WEIGHTINGS and weighting != "lmk":
+            raise ValueError(f"weighting must be one of {SEARCH_WEIGHTINGS}, got {weighting!r}")
         if threshold is not None:
             check_number("threshold", threshold)
         check_bool("progress", progress)
