@@ -346,6 +346,14 @@ def test_exact_search_without_faiss_equals_faiss(tmp_path, monkeypatch):
     assert_close(a.distance, b.distance)
 
 
+def test_approximate_index_without_faiss_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+    emb, pat, names = clustered(40)
+    monkeypatch.setitem(sys.modules, "faiss", None)          # import faiss now raises ImportError
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        Gallery.from_tensors(tmp_path / "g", emb, pat, names, index="ivf")
+
+
 def test_open_set_threshold(tmp_path):
     emb, pat, names = clustered(40)
     g = Gallery.from_tensors(tmp_path / "g", emb, pat, names)
