@@ -80,18 +80,29 @@ def merge_shards(out, shards, *, backbone, weights_sha256, grid, index="flat", p
     """One gallery at out from shard galleries (a list of folders, each with order.json), rows in photo order."""
     from .gallery import Gallery
     from .store import fit_pca
-    parts = [(Gallery.load(s, verify="quick"), json.load(open(os.path.join(s, "order.json")))) for s in shards]
+    def order_of(shard):
+        with open(os.path.join(shard, "order.json")) as fh:
+            return json.load(fh)
+    parts = [(Gallery.load(s, verify="quick"), order_of(s)) for s in shards]
     if not parts:
         raise ValueError("no usable faces in any shard")
     keys = sorted((order, p, row) for p, (_, orders) in enumerate(parts) for row, order in enumerate(orders))
     first = parts[0][0]
     g = None
     for s in range(0, len(keys), chunk):
-        take = keys[s:s + chunk]
-        emb = np.stack([parts[p][0].embeddings[row] for _, p, row in take])
-        pat = np.stack([parts[p][0].patches[row] for _, p, row in take])
-        names = [parts[p][0].identity_of([row])[0] for _, p, row in take]
-        paths = [parts[p][0].paths[row] for _, p, row in take]
+        take = np.array([(p, row) for _, p, row in keys[s:s + chunk]], dtype=np.int64)      # (n, 2)
+        emb = np.empty((len(take), *first.embeddings.shape[1:]), dtype=np.float32)
+        pat = np.empty((len(take), *first.patches.shape[1:]), dtype=np.float16)
+        names, paths = [None] * len(take), [None] * len(take)
+        for p in np.unique(take[:, 0]):          # one sorted read per shard and chunk
+            where = np.flatnonzero(take[:, 0] == p)
+            rows = take[where, 1]
+            order = np.argsort(rows)
+            shard = parts[p][0]
+            emb[where[order]] = shard.embeddings[rows[order]]
+            pat[where[order]] = shard.patches[rows[order]]
+            for w, name, path in zip(where, shard.identity_of(rows), shard.paths.many(rows)):
+                names[w], paths[w] = name, path
         pat_t = torch.from_numpy(pat).float()
         if g is None:
             comps = fit_pca(pat_t, pca) if pca is not None else None
