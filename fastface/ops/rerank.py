@@ -241,7 +241,7 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         else:
             idx = candidates.to(q.device)
             cos = candidate_cosine(q.embeddings, g.embeddings, idx)                          # (B, k)
-        def candidates(rows):  # (len(rows), m, C) gallery patches; a one-off tuple's checked here
+        def gather_candidates(rows):  # (len(rows), m, C) gallery patches; a one-off tuple's checked here
             cand = g.patches.index_select(0, rows)
             if not g.patches_checked:
                 check_all_finite("gallery patches (of the stage-1 candidates)", cand)
@@ -258,18 +258,18 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
                 if not g.patches_checked:
-                    candidates(idx.reshape(-1).unique())
+                    gather_candidates(idx.reshape(-1).unique())
                 out = emd_pairs(xq, gp, idx, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             else:  # gather only the candidates, then convert
-                cand = candidates(idx.reshape(-1)).to(dt).contiguous()
+                cand = gather_candidates(idx.reshape(-1)).to(dt).contiguous()
                 out = emd_pairs(xq, cand, None, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             emd_v, flows = out["emd"].reshape(B, k), out["flows"]
             n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)
             n_fallback = int(out["fallback"].sum())
         else:
-            cand = candidates(idx.reshape(-1)).reshape(B, k, m, C)
+            cand = gather_candidates(idx.reshape(-1)).reshape(B, k, m, C)
             xb = xq.unsqueeze(1)                                                 # (B, 1, n, C)
             cost = patch_cost(xb, cand, impl=impl, check_finite=False)          # (B, k, n, m)
             ex = q.embeddings.unsqueeze(1)
