@@ -10,7 +10,9 @@ from .ops.rerank import Faces, RerankResult, emd_rerank, stage1_topk
 from .ops.sinkhorn import SinkhornResult, sinkhorn
 from .ops.vit_rerank import vit_rerank
 from .ops.weights import patch_weights
+from .gallery import Gallery, GalleryError, SearchResults
 
 __all__ = ["__version__", "backend_info", "sinkhorn", "SinkhornResult", "patch_cost",
            "patch_weights", "emd", "Faces", "emd_rerank", "RerankResult", "stage1_topk",
-           "FusedGenerator", "load", "vit_rerank"]
+           "FusedGenerator", "load", "vit_rerank",
+           "Gallery", "GalleryError", "SearchResults"]

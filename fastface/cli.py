@@ -175,6 +175,132 @@ def _retrieval_args(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# ---- persistent galleries: `fastface gallery build|add|info|remove`, `fastface search` ----------
+def cmd_gallery(args):
+    from .gallery import Gallery
+    from .gallery.builder import build_gallery
+    try:
+        if args.action == "build":
+            g = build_gallery(args.out, args.images, args.backbone, csv=args.csv, grid=args.grid, index=args.index,
+                              nlist=args.nlist, nprobe=args.nprobe, pca=args.pca, chunk=args.chunk,
+                              batch_size=args.batch_size, workers=args.workers, device=_device(args.device),
+                              align=args.align, all_faces=args.all_faces, progress=not args.quiet)
+            rep = g.manifest["build_report"]
+            print(f"built gallery {args.out}: {len(g)} faces of {g.manifest['n_identities']} identities from "
+                  f"{rep['photos']} photos ({len(rep['unreadable'])} unreadable, {rep['no_face']} without a face)")
+        elif args.action == "add":
+            g = Gallery.load(args.gallery, verify="quick")
+            rep = g.add_images(args.images, csv=args.csv, batch_size=args.batch_size, workers=args.workers,
+                               device=_device(args.device), align=args.align, all_faces=args.all_faces,
+                               progress=not args.quiet)
+            print(f"added {rep['added']} faces to {args.gallery} (now {len(g)}); {len(rep['unreadable'])} unreadable, "
+                  f"{rep['no_face']} without a face")
+        elif args.action == "remove":
+            g = Gallery.load(args.gallery, verify="quick")
+            n = g.remove(items=args.items or None, identity=args.identity)
+            print(f"removed {n} faces from {args.gallery} (now {len(g)})")
+        else:
+            g = Gallery.load(args.gallery, verify="full" if args.verify else "quick")
+            info = g.info()
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                for key, value in info.items():
+                    print(f"{key:16s}: {value}")
+    except (ValueError, TypeError, ImportError) as e:   # bad arguments, files or gallery: one line
+        print(f"fastface gallery {args.action}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_search(args):
+    import csv as csvlib
+
+    from .gallery import Gallery
+    if args.json and args.csv:
+        print("fastface search: give --json OUT or --csv OUT, not both", file=sys.stderr)
+        return 2
+    try:
+        g = Gallery.load(args.gallery, verify="quick")
+        k = min(args.k, len(g))
+        res = g.search(args.images, k=k, alpha=args.alpha, weighting=args.weighting, threshold=args.threshold,
+                       nprobe=args.nprobe, batch_size=args.batch_size, device=_device(args.device), align=args.align,
+                       impl=args.impl, progress=not args.quiet)
+    except (ValueError, TypeError, ImportError) as e:
+        print(f"fastface search: error: {e}", file=sys.stderr)
+        return 2
+    records = [res.record(i) for i in range(len(res))]
+    for r in records:
+        top = ", ".join(f"{t['identity']} {t['distance']:.3f}" for t in r["top_identities"])
+        print(f"{r['query']}: {r['identity']} (distance {r['score']:.3f}){'' if r['known'] else ' [unknown]'}  top-5: {top}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"gallery": args.gallery, "k": k, "threshold": args.threshold, "queries": records}, fh, indent=1)
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            w = csvlib.writer(fh)
+            w.writerow(["query", "identity", "distance", "known"] + [f"top{j}_{c}" for j in range(1, 6)
+                                                                     for c in ("identity", "distance")])
+            for r in records:
+                tops = [v for t in r["top_identities"][:5] for v in (t["identity"], f"{t['distance']:.6f}")]
+                w.writerow([r["query"], r["identity"], f"{r['score']:.6f}", r["known"]] + tops)
+    return 0
+
+
+def _gallery_parsers(sub):
+    from .gallery import INDEX_KINDS
+    p = sub.add_parser("gallery", help="persistent face galleries: build, add, remove, info")
+    acts = p.add_subparsers(dest="action", required=True)
+    b = acts.add_parser("build", help="build a gallery from photos DIR/<identity>/<image> (resumes if killed)")
+    b.add_argument("--images", required=True, help="photos DIR/<identity>/<image>, or a flat folder with --csv")
+    b.add_argument("--backbone", required=True, help="dlib, dlib:LEVEL, arcface, arcface:CKPT or arcface-official:PTH")
+    b.add_argument("--out", required=True, help="the gallery directory to create")
+    b.add_argument("--grid", type=int, help="patch grid (default the backbone's; a divisor average-pools)")
+    b.add_argument("--index", default="flat", help=f"stage-1 index: {', '.join(INDEX_KINDS)} or faiss:FACTORY")
+    b.add_argument("--nlist", type=int, help="IVF lists (default 4 sqrt(n))")
+    b.add_argument("--nprobe", type=int, default=32, help="IVF lists searched (default 32)")
+    b.add_argument("--pca", type=int, help="store this many PCA channels of the patches (fitted on the gallery)")
+    b.add_argument("--chunk", type=int, default=256, help="photos per committed chunk (default 256)")
+    for q in (b, acts.add_parser("add", help="add photos to a gallery (one atomic commit)")):
+        if q is not b:
+            q.add_argument("gallery")
+            q.add_argument("--images", required=True, help="photos DIR/<identity>/<image>, or a flat folder with --csv")
+        q.add_argument("--csv", help="CSV with columns path (relative to --images) and identity")
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--workers", type=int, default=0, help="processes decoding/aligning photos (default 0)")
+        q.add_argument("--align", default="none", choices=["none", "dlib"])
+        q.add_argument("--all-faces", action="store_true", help="every detected face of a photo")
+        q.add_argument("--device")
+        q.add_argument("--quiet", action="store_true")
+        q.set_defaults(func=cmd_gallery)
+    r = acts.add_parser("remove", help="remove faces (by item id) or an identity")
+    r.add_argument("gallery")
+    r.add_argument("--identity")
+    r.add_argument("--items", type=int, nargs="*")
+    r.set_defaults(func=cmd_gallery)
+    i = acts.add_parser("info", help="what a gallery holds")
+    i.add_argument("gallery")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--verify", action="store_true", help="check every file's checksums (reads the whole gallery)")
+    i.set_defaults(func=cmd_gallery)
+    s = sub.add_parser("search", help="who is in these photos? search a gallery (stage 1 index + EMD re-rank)")
+    s.add_argument("gallery")
+    s.add_argument("--images", required=True, help="a photo or a folder of photos (searched recursively)")
+    s.add_argument("--k", type=int, default=100, help="stage-1 candidates re-ranked (default 100)")
+    s.add_argument("--threshold", type=float, help="open set: a best distance above it answers 'unknown'")
+    s.add_argument("--alpha", type=float, default=0.7)
+    s.add_argument("--weighting", default="apc", choices=["apc", "uniform", "sc", "cc"])
+    s.add_argument("--nprobe", type=int, help="IVF lists searched (default: the gallery's)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--align", default="none", choices=["none", "dlib"])
+    s.add_argument("--impl", default="auto", choices=["auto", "cpu", "cuda", "triton", "torch"])
+    s.add_argument("--device")
+    s.add_argument("--json", help="write every query's ranked identities and items to this JSON file")
+    s.add_argument("--csv", help="write one row per query (best identity, distance, top 5) to this CSV")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastface", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +396,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device")
     p.set_defaults(func=cmd_invert)
+    _gallery_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

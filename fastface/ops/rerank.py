@@ -157,6 +157,31 @@ def topk_cosine(q, g, k, exclude_self=False, chunk=65536):
     return best_s, best_i
 
 
+def check_candidates(candidates, n_queries, n_gallery, exclude_self):
+    """Check emd_rerank's candidates (B, k) against B queries and a gallery of n_gallery; return k."""
+    if exclude_self:
+        raise ValueError("candidates and exclude_self cannot be combined: leave the query out of candidates")
+    if not isinstance(candidates, torch.Tensor) or candidates.dtype != torch.int64:
+        shown = f"{candidates.dtype} tensor" if isinstance(candidates, torch.Tensor) else type(candidates).__name__
+        raise TypeError(f"candidates must be an int64 tensor (B, k) of gallery rows, got {shown}")
+    if candidates.dim() != 2 or candidates.shape[0] != n_queries or candidates.shape[1] < 1:
+        raise ValueError(f"candidates must have shape ({n_queries}, k) with k >= 1 (one row per query), "
+                         f"got {tuple(candidates.shape)}")
+    lo, hi = int(candidates.min()), int(candidates.max())
+    if lo < 0 or hi >= n_gallery:
+        raise ValueError(f"candidates must be gallery rows in [0, {n_gallery}), got values in [{lo}, {hi}]")
+    return candidates.shape[1]
+
+
+@in_full_fp32
+def candidate_cosine(q, g, idx):
+    """Cosine (B, k) of queries q (B, D) with their candidate gallery rows g[idx], idx (B, k)."""
+    acc = accumulation_dtype(q, g)
+    qn = unit_rows(q, acc)                                                   # (B, D)
+    gn = unit_rows(g.index_select(0, idx.reshape(-1)), acc).reshape(*idx.shape, -1)   # (B, k, D)
+    return (gn @ qn.unsqueeze(-1)).squeeze(-1)
+
+
 def check_search(q, g, k, exclude_self):
     """The checks every two-stage search (emd_rerank, vit_rerank) makes of its Faces q, g and k."""
     if len(g) == 0:
@@ -182,13 +207,15 @@ def check_search(q, g, k, exclude_self):
 
 def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, max_iter=100,
                tol=1e-6, exclude_self=False, return_flows=False, impl="auto", mode="auto",
-               official=False, chunk_size=65536):
+               official=False, chunk_size=65536, candidates=None):
     """Return a RerankResult: the top-k gallery faces of each query, re-ranked by patch EMD.
 
     Stage 1: cosine top-k on embeddings (chunked over the gallery). Stage 2: distance =
     alpha * EMD + (1 - alpha) * (1 - cos), ascending. exclude_self drops gallery row i for query i
     (leave-one-out, query set == gallery). official=True reproduces the official DeepFace-EMD numerics
     (kernel domain, mean |dr| < 0.1 stop over the k candidates of a query, 1e-7 weight epsilon).
+    candidates (B, k) int64 gallery rows: a stage 1 made elsewhere (fastface.gallery's FAISS index);
+    stage 1 is skipped, k is candidates.shape[1] and .cosine is computed for these rows.
     """
     check_solver_args(eps, max_iter, tol, mode, chunk_size=chunk_size)
     for name, flag in (("official", official), ("exclude_self", exclude_self), ("return_flows", return_flows)):
@@ -196,6 +223,8 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     check_number("alpha", alpha, lo=0, hi=1)
     q = as_faces("query", query)
     g = as_faces("gallery", gallery, defer_patch_check=True)
+    if candidates is not None:
+        k = check_candidates(candidates, len(q), len(g), exclude_self)
     check_search(q, g, k, exclude_self)
     if q.patches.shape[2] != g.patches.shape[2]:
         raise ValueError(f"query and gallery patches must have the same channels C, got "
@@ -207,8 +236,12 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
     impl = be.resolve_impl(impl, q.device)
 
     with torch.no_grad():
-        cos, idx = topk_cosine(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
-        def candidates(rows):  # (len(rows), m, C) gallery patches; a one-off tuple's checked here
+        if candidates is None:
+            cos, idx = topk_cosine(q.embeddings, g.embeddings, k, exclude_self, chunk_size)   # (B, k)
+        else:
+            idx = candidates.to(q.device)
+            cos = candidate_cosine(q.embeddings, g.embeddings, idx)                          # (B, k)
+        def gather_candidates(rows):  # (len(rows), m, C) gallery patches; a one-off tuple's checked here
             cand = g.patches.index_select(0, rows)
             if not g.patches_checked:
                 check_all_finite("gallery patches (of the stage-1 candidates)", cand)
@@ -225,18 +258,18 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
                 if not g.patches_checked:
-                    candidates(idx.reshape(-1).unique())
+                    gather_candidates(idx.reshape(-1).unique())
                 out = emd_pairs(xq, gp, idx, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             else:  # gather only the candidates, then convert
-                cand = candidates(idx.reshape(-1)).to(dt).contiguous()
+                cand = gather_candidates(idx.reshape(-1)).to(dt).contiguous()
                 out = emd_pairs(xq, cand, None, weighting, eps, max_iter, tol, MODES[mode],
                                 return_flows, impl)
             emd_v, flows = out["emd"].reshape(B, k), out["flows"]
             n_iter, conv = out["n_iter"].reshape(B, k), out["converged"].reshape(B, k)
             n_fallback = int(out["fallback"].sum())
         else:
-            cand = candidates(idx.reshape(-1)).reshape(B, k, m, C)
+            cand = gather_candidates(idx.reshape(-1)).reshape(B, k, m, C)
             xb = xq.unsqueeze(1)                                                 # (B, 1, n, C)
             cost = patch_cost(xb, cand, impl=impl, check_finite=False)          # (B, k, n, m)
             ex = q.embeddings.unsqueeze(1)
