@@ -66,16 +66,21 @@ def d2ae_losses(model, images, identities, cfg=None, generator=None):  # images 
     """{name: scalar tensor} of the unweighted losses L_I ("identity"), L_I^adv ("adversary"), L_H ("confusion"),
     L_X ("reconstruction"), L~_X ("reconstruction_aug") that cfg and the model have, plus "total", the
     weighted sum whose backward routes each gradient as the module doc says; "reconstructions" (B, C, S, S)
-    holds D(f_T, f_P) (detached). In training mode the running feature statistics are updated first."""
+    holds D(f_T, f_P) (detached), "acc_t" / "acc_p" the batch accuracies of the two classifiers (no grad).
+    In training mode the running feature statistics are updated first."""
     cfg = cfg or D2AELossConfig()
     f_t, f_p = model.features(images)
     if model.training:
         model.track_statistics(f_t, f_p)
-    out = {"identity": F.cross_entropy(model.classifier_t(f_t).float(), identities)}
+    logits_t = model.classifier_t(f_t).float()
+    out = {"identity": F.cross_entropy(logits_t, identities),
+           "acc_t": (logits_t.detach().argmax(1) == identities).float().mean()}
     total = cfg.lambda_t * out["identity"]
     if model.cfg.p_branch:
         if cfg.adversary:
-            out["adversary"] = F.cross_entropy(model.classifier_p(f_p.detach()).float(), identities)
+            logits_p = model.classifier_p(f_p.detach()).float()
+            out["adversary"] = F.cross_entropy(logits_p, identities)
+            out["acc_p"] = (logits_p.detach().argmax(1) == identities).float().mean()
             total = total + cfg.lambda_p * out["adversary"]
         if cfg.confusion:
             logits = frozen_classifier(model.classifier_p, f_p) if cfg.adversary else model.classifier_p(f_p)
