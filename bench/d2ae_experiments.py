@@ -124,6 +124,204 @@ def evaluate(out, names, partial=False):
     return results
 
 
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def attribute_summary(run, key, names, related, metric="balanced_accuracy"):
+    """(all, identity-related, identity-irrelevant) mean of an attribute metric for one feature key."""
+    per = {n: (run["attributes"][n][key][metric] if run["attributes"].get(n) else None) for n in names}
+    return (_mean(per.values()), _mean(per[n] for n, r in zip(names, related) if r),
+            _mean(per[n] for n, r in zip(names, related) if not r), per)
+
+
+def train_stats(out, name, last=37):
+    """Mean batch accuracies of the two classifiers over the last epoch of training."""
+    from fastface.train.loop import read_log
+    recs = read_log(os.path.join(out, name))[-last:]
+    return {k: _mean(r.get(k) for r in recs) for k in ("acc_t", "acc_p")}
+
+
+def report(out):
+    """OUT/results.md: Tables 1-3 in the paper's structure, per-attribute table, Gaussianity, PSNR."""
+    import numpy as np
+    with open(os.path.join(out, "results.json")) as fh:
+        res = json.load(fh)
+    runs, names, related = res["runs"], res["attribute_names"], res["identity_related"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [f"Held-out SynthFaces: {res['eval_set']['n_identities']} identities x "
+             f"{res['eval_set']['images_per_identity']} images (seed {res['eval_set']['seed']}), "
+             f"{res['common']['image_size']} px. Verification: balanced pairs (6000, 10-fold accuracy) and TPR at "
+             f"FPR = 1e-3 over all pairs. Probe: fresh logistic regression on 3 images per identity, tested on 2 "
+             f"(chance {pct(1 / res['eval_set']['n_identities'])} %). Attributes: LinearSVC trained on half the "
+             f"identities, balanced accuracy on the other half, mean over the {len(names)} attributes "
+             f"({sum(related)} identity-related, {len(related) - sum(related)} identity-irrelevant).", ""]
+    rows = [("D2AE-T (f_T)", "full", "t"), ("D2AE-P (f_P)", "full", "p"),
+            ("D2AE-P w/o L_H", "no_confusion", "p"), ("D2AE-P w/o L_I^adv", "no_adversary", "p"),
+            ("D2AE-P w/o augmentation", "no_augment", "p"), ("D2AE ([f_T, f_P])", "full", "tp"),
+            ("Baseline (f_T, no decoder / P branch)", "baseline", "t")]
+    ref = attribute_summary(runs["full"], "p", names, related)[3] if "full" in runs else None
+    lines += ["**Table 1** (identity and attribute power of each branch; #drop = attributes below D2AE-P's)", "",
+              "| features | verif. acc % | TPR@1e-3 % | fresh probe top-1 % | attr. all % | id-related % | "
+              "id-irrelevant % | #drop |", "|---|---|---|---|---|---|---|---|"]
+    for label, run, key in rows:
+        if run not in runs or key not in runs[run]["verification"]:
+            continue
+        r = runs[run]
+        allm, rel, irr, per = attribute_summary(r, key, names, related)
+        drop = "–"
+        if ref is not None and key == "p" and run != "full":
+            pairs = [(per[n], ref[n]) for n in names if per[n] is not None and ref[n] is not None]
+            drop = f"{sum(a < b for a, b in pairs)}/{len(pairs)}"
+        v, pr = r["verification"][key], r["probe"][key]
+        lines.append(f"| {label} | {pct(v['accuracy'])} | {pct(v['tpr'])} | {pct(pr['accuracy'])} | {pct(allm)} | "
+                     f"{pct(rel)} | {pct(irr)} | {drop} |")
+    lines += ["", "**Table 2** (verification: baseline vs D2AE and the ablations; f_T and [f_T, f_P])", "",
+              "| model | steps | f_T acc % | f_T TPR % | [f_T,f_P] acc % | [f_T,f_P] TPR % | f_P probe % | "
+              "train acc_t % | train acc_p % | PSNR dB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in RUNS:
+        if run not in runs:
+            continue
+        r, ts = runs[run], train_stats(out, run)
+        tp = r["verification"].get("tp")
+        lines.append(f"| {run} | {r['step']} | {pct(r['verification']['t']['accuracy'])} | "
+                     f"{pct(r['verification']['t']['tpr'])} | {pct(tp['accuracy']) if tp else '–'} | "
+                     f"{pct(tp['tpr']) if tp else '–'} | "
+                     f"{pct(r['probe']['p']['accuracy']) if 'p' in r['probe'] else '–'} | {pct(ts['acc_t'])} | "
+                     f"{pct(ts['acc_p']) if ts['acc_p'] == ts['acc_p'] else '–'} | "
+                     f"{r['psnr']:.2f} |" if 'psnr' in r else
+                     f"| {run} | {r['step']} | {pct(r['verification']['t']['accuracy'])} | "
+                     f"{pct(r['verification']['t']['tpr'])} | – | – | – | {pct(ts['acc_t'])} | – | – |")
+    if "full" in runs:
+        r = runs["full"]
+        lines += ["", "**Per attribute** (D2AE, balanced accuracy %; plain accuracy in Table 3 below)", "",
+                  "| attribute | identity-related | f_T | f_P | [f_T,f_P] | majority % | better of f_T / f_P |",
+                  "|---|---|---|---|---|---|---|"]
+        wins = {True: [0, 0], False: [0, 0]}
+        for n, rel in zip(names, related):
+            a = r["attributes"].get(n)
+            if not a:
+                lines.append(f"| {n} | {'yes' if rel else 'no'} | – | – | – | – | (one class only) |")
+                continue
+            t, p_ = a["t"]["balanced_accuracy"], a["p"]["balanced_accuracy"]
+            better = "f_T" if t > p_ else "f_P"
+            wins[rel][0 if better == "f_T" else 1] += 1
+            lines.append(f"| {n} | {'yes' if rel else 'no'} | {pct(t)} | {pct(p_)} | "
+                         f"{pct(a['tp']['balanced_accuracy'])} | {pct(a['majority'])} | {better} |")
+        lines += ["", f"f_T better on {wins[True][0]} of {sum(wins[True])} identity-related attributes; f_P better "
+                      f"on {wins[False][1]} of {sum(wins[False])} identity-irrelevant ones.", ""]
+        acc = attribute_summary(r, "tp", names, related, "accuracy")
+        lines += ["**Table 3** (attribute recognition, plain accuracy %, mean over attributes, [f_T, f_P])", "",
+                  "| model | all | identity-related | identity-irrelevant | majority-class rate |",
+                  "|---|---|---|---|---|",
+                  f"| D2AE | {pct(acc[0])} | {pct(acc[1])} | {pct(acc[2])} | "
+                  f"{pct(_mean(a['majority'] for a in r['attributes'].values() if a))} |"]
+        if "baseline" in runs:
+            b = attribute_summary(runs["baseline"], "t", names, related, "accuracy")
+            lines.append(f"| Baseline (f_T) | {pct(b[0])} | {pct(b[1])} | {pct(b[2])} | same |")
+    lines += ["", "**Fig. 8** (adj-R^2 of a Gaussian fitted to each channel's histogram; 30 bins, "
+                  f"{res['eval_set']['n_identities'] * res['eval_set']['images_per_identity']} faces)", "",
+              "| features | median adj-R^2 | channels > 0.99 | channels > 0.95 |", "|---|---|---|---|"]
+    g = np.array(res["gaussian_reference"])
+    lines.append(f"| N(0, 1) samples (the statistic's floor at this n) | {np.median(g):.3f} | "
+                 f"{(g > 0.99).mean() * 100:.0f} % | {(g > 0.95).mean() * 100:.0f} % |")
+    for run in RUNS:
+        for key in ("t", "p"):
+            if run in runs and key in runs[run]["gaussianity"]:
+                v = np.array(runs[run]["gaussianity"][key])
+                lines.append(f"| {run} f_{key.upper()} | {np.median(v):.3f} | {(v > 0.99).mean() * 100:.0f} % | "
+                             f"{(v > 0.95).mean() * 100:.0f} % |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    return text
+
+
+def figures(out, fig_dir):
+    """The PNGs of docs/D2AE_RESULTS.md: t-SNE (Fig. 4), adj-R^2 histograms (Fig. 8), f_P - f_T per attribute
+    (Fig. 5a), reconstructions, and the editing figures (Figs. 9-10) of the full model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from fastface.data import SynthFaces
+    from fastface.edit import attribute_sweep, edit_attributes, fit_directions, interpolation_grid, swap_identity
+    from fastface.train.d2ae import render_synthfaces
+    from fastface.viz.grid import save_image_grid
+    os.makedirs(fig_dir, exist_ok=True)
+    with open(os.path.join(out, "results.json")) as fh:
+        res = json.load(fh)
+    full = res["runs"]["full"]
+    ids = np.array(full["tsne_identities"])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    for ax, key, title in zip(axes, ("t", "p"), ("D2AE-T: f_T", "D2AE-P: f_P")):
+        xy = np.array(full["tsne"][key])
+        ax.scatter(xy[:, 0], xy[:, 1], c=ids, cmap="tab20", s=10)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"t-SNE of {len(set(ids.tolist()))} held-out identities x {int(len(ids) / len(set(ids.tolist())))} "
+                 f"images (colour = identity)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(fig_dir, "d2ae_tsne.png"), dpi=80)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    bins = np.linspace(0.5, 1.0, 26)
+    for ax, key in zip(axes, ("t", "p")):
+        for run, colour in (("full", "C0"), ("no_augment", "C1")):
+            if run in res["runs"] and key in res["runs"][run]["gaussianity"]:
+                ax.hist(np.clip(res["runs"][run]["gaussianity"][key], 0.5, 1), bins=bins, alpha=0.6, color=colour,
+                        label=run)
+        ax.hist(np.clip(res["gaussian_reference"], 0.5, 1), bins=bins, histtype="step", color="k",
+                label="N(0,1) reference")
+        ax.set_title(f"adj-R^2 per channel of f_{key.upper()}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(fig_dir, "d2ae_gaussianity.png"), dpi=80)
+    plt.close(fig)
+    names, related = res["attribute_names"], res["identity_related"]
+    keep = [(n, r) for n, r in zip(names, related) if full["attributes"].get(n)]
+    diff = [100 * (full["attributes"][n]["p"]["balanced_accuracy"] - full["attributes"][n]["t"]["balanced_accuracy"])
+            for n, _ in keep]
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.bar(range(len(keep)), diff, color=["C3" if r else "C0" for _, r in keep])
+    ax.set_xticks(range(len(keep)))
+    ax.set_xticklabels([n for n, _ in keep], rotation=90, fontsize=7)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("f_P - f_T (balanced acc. points)")
+    ax.set_title("Attribute SVMs: f_P minus f_T (red: identity-related, blue: identity-irrelevant)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(fig_dir, "d2ae_attributes.png"), dpi=80)
+    plt.close(fig)
+    # images from the full model
+    model, _ = load_run(out, "full")
+    size = COMMON["image_size"]
+    fit = render_synthfaces(EVAL["n_identities"], EVAL["images_per_identity"], size, seed=EVAL["seed"])
+    dirs = fit_directions(model, fit["images"], fit["attributes"], SynthFaces.ATTRIBUTES, SynthFaces.IDENTITY_RELATED)
+    x = render_synthfaces(8, 1, size, seed=30011)["images"]
+    edits = {"smiling": 3.0, "dark_background": 3.0, "eyeglasses": 3.0, "dark_skin": 3.0, "black_hair": 3.0}
+    edits = {k: v for k, v in edits.items() if k in dirs.names}
+    with torch.no_grad():
+        rows = [x, model.decode(*model.encode(x))] + [edit_attributes(model, x, dirs, {k: v}) for k, v in edits.items()]
+        rows.append(edit_attributes(model, x, dirs, edits))
+        save_image_grid(os.path.join(fig_dir, "d2ae_edits.png"), torch.cat(rows), nrow=8)
+        b = x.roll(1, 0)
+        save_image_grid(os.path.join(fig_dir, "d2ae_swap.png"), torch.cat([x, b, swap_identity(model, x, b)]), nrow=8)
+        save_image_grid(os.path.join(fig_dir, "d2ae_interpolation.png"), interpolation_grid(model, x[0], x[3], 6),
+                        nrow=6)
+        sweep = torch.cat([attribute_sweep(model, x[:4], dirs, k, [-3, -1.5, 0, 1.5, 3])
+                           for k in ("smiling", "dark_skin") if k in dirs.names])
+        save_image_grid(os.path.join(fig_dir, "d2ae_sweep.png"), sweep, nrow=5)
+    with open(os.path.join(out, "edit_rows.json"), "w") as fh:
+        json.dump({"rows": ["faces", "reconstructions"] + [f"{k}={v:+g}" for k, v in edits.items()] + ["all at once"],
+                   "branches": {k: dirs.branches[dirs.index(k)] for k in edits}}, fh)
+    print("figures ->", fig_dir)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("job", choices=["train", "eval", "figures"])
@@ -137,6 +335,9 @@ def main(argv=None):
         train(args.out, args.runs, args.steps)
     elif args.job == "eval":
         evaluate(args.out, args.runs, args.partial)
+        report(args.out)
+    else:
+        figures(args.out, args.figures)
     return 0
 
 

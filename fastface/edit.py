@@ -58,7 +58,8 @@ def fit_directions(model, images, attributes, names, identity_related, C=0.1, se
     if not model.cfg.p_branch:
         raise ValueError("editing needs a D²AE with a P branch and a decoder (this one is the baseline)")
     attributes = torch.as_tensor(attributes)
-    if attributes.dim() != 2 or attributes.shape != (images.shape[0], len(names)) or len(identity_related) != len(names):
+    if (attributes.dim() != 2 or attributes.shape != (images.shape[0], len(names))
+            or len(identity_related) != len(names)):
         raise ValueError(f"attributes must be (N={images.shape[0]}, A={len(names)}) with one identity_related flag "
                          f"per name, got {tuple(attributes.shape)} and {len(identity_related)} flags")
     feats = extract_features(model, images)

@@ -94,8 +94,8 @@ def test_several_edits_add_up_and_alpha_is_in_units_of_the_learned_sigma(trained
     want_t, want_p = f_t.clone(), f_p.clone()
     for name, alpha in edits.items():
         i = dirs.index(name)
-        sigma = model_sigma = (m.sigma_t if dirs.branches[i] == "t" else m.sigma_p)
-        step = alpha * (dirs.directions[i] ** 2 * model_sigma ** 2).sum().sqrt() * dirs.directions[i]
+        sigma = m.sigma_t if dirs.branches[i] == "t" else m.sigma_p
+        step = alpha * (dirs.directions[i] ** 2 * sigma ** 2).sum().sqrt() * dirs.directions[i]
         assert direction_sigma(m, dirs, i) == pytest.approx(float((dirs.directions[i] ** 2 * sigma ** 2).sum().sqrt()))
         if dirs.branches[i] == "t":
             want_t += step

@@ -114,7 +114,8 @@ def attribute_svms(features, attributes, identities, names, fraction=0.5, seed=0
             continue
         row = {}
         for key, f in features.items():
-            xtr, xte = _standardise(torch.as_tensor(f).double().numpy()[train], torch.as_tensor(f).double().numpy()[~train])
+            f = torch.as_tensor(f).double().numpy()
+            xtr, xte = _standardise(f[train], f[~train])
             pred = LinearSVC(C=C, max_iter=5000, random_state=seed).fit(xtr, y[train]).predict(xte)
             yt = y[~train]
             bal = 0.5 * ((pred[yt] == 1).mean() + (pred[~yt] == 0).mean())
