@@ -103,4 +103,16 @@ def d2ae_losses(model, images, identities, cfg=None, generator=None):  # images 
     return out
 
 
-__all__ = ["D2AELossConfig", "d2ae_losses", "confusion_loss", "reconstruction_loss", "frozen_classifier"]
+class D2AEObjective(torch.nn.Module):
+    """d2ae_losses as a module's forward, so that DistributedDataParallel can wrap the whole objective (its
+    hooks need a forward through the wrapper; the losses call the D²AE's parts directly)."""
+
+    def __init__(self, model, cfg=None):
+        super().__init__()
+        self.model, self.cfg = model, cfg or D2AELossConfig()
+
+    def forward(self, images, identities):  # images (B, C, S, S), identities (B,)
+        return d2ae_losses(self.model, images, identities, self.cfg)
+
+
+__all__ = ["D2AELossConfig", "D2AEObjective", "d2ae_losses", "confusion_loss", "reconstruction_loss", "frozen_classifier"]

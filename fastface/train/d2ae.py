@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.d2ae import D2AE, D2AEConfig
-from ..models.d2ae_losses import D2AELossConfig, d2ae_losses
+from ..models.d2ae_losses import D2AELossConfig, D2AEObjective
 from .config import TrainConfig, check_choice
 from .loop import Trainer, fit, whole_batch
 
@@ -161,13 +161,14 @@ class D2AETrainer(Trainer):
             opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                   weight_decay=cfg.weight_decay)
         self.optimizers = {cfg.optimizer: opt}
+        self.objective = self.run.ddp(D2AEObjective(self.model, self.losses))   # DDP wraps the whole objective
         # fixed faces of the reconstruction grids: evenly spread over the training set
         n = len(self.data)
         self.sample_ids = torch.linspace(0, n - 1, min(cfg.n_samples, n)).long()
 
     def train_step(self, batch):
         x, y = batch["image"].float() / 255.0, batch["identity"]
-        out = d2ae_losses(self.model, x, y, self.losses)
+        out = self.objective(x, y)
         self.run.optimize(self.optimizers[self.cfg.optimizer], out["total"])
         return {(k if k.startswith("acc") else f"loss_{k}"): v.item() for k, v in out.items() if v.dim() == 0}
 
