@@ -37,7 +37,7 @@ def batch(b=6, size=16, channels=3, seed=1, n_identities=5):
 # ------------------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("size, channels", [(16, 3), (32, 1), (64, 3)])
 def test_shapes_encode_decode(size, channels):
-    m = tiny(image_size=size, channels=channels).eval()
+    m = tiny(image_size=size, channels=channels).eval().requires_grad_(False)
     x, _ = batch(3, size, channels)
     f_t, f_p = m.encode(x)
     assert f_t.shape == f_p.shape == (3, 6)
