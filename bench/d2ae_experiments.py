@@ -56,10 +56,13 @@ def train(out, names, steps=STEPS):
         procs[name] = (subprocess.Popen(train_command(name, out, steps), env=env, stdout=log, stderr=log),
                        time.time(), log)
         print(f"{name}: started (pid {procs[name][0].pid})")
-    for name, (p, t0, log) in procs.items():
-        rc = p.wait()
-        log.close()
-        print(f"{name}: exit {rc} after {time.time() - t0:.0f} s")
+    while procs:                                   # report each run when it ends (not in start order)
+        for name, (p, t0, log) in list(procs.items()):
+            if p.poll() is not None:
+                log.close()
+                print(f"{name}: exit {p.returncode} after {time.time() - t0:.0f} s", flush=True)
+                del procs[name]
+        time.sleep(5)
 
 
 EVAL = {"n_identities": 200, "images_per_identity": 5, "seed": 10007}   # held-out SynthFaces identities
