@@ -52,7 +52,10 @@ def fit_directions(model, images, attributes, names, identity_related, C=0.1, se
     """AttributeDirections of a D²AE from labelled images (N, C, S, S) in [0, 1] and attributes (N, A) in {0, 1}:
     a LinearSVC per attribute on f_T (identity_related[a]) or f_P (otherwise), on features divided by the
     learned sigma; attributes with one class only are left out."""
-    from sklearn.svm import LinearSVC
+    try:
+        from sklearn.svm import LinearSVC
+    except ImportError:
+        raise ImportError("D²AE attribute directions need scikit-learn: pip install scikit-learn") from None
 
     from .eval.d2ae import extract_features
     if not model.cfg.p_branch:
@@ -150,6 +153,13 @@ def interpolation_grid(model, image_a, image_b, steps=5):  # image_a, image_b (C
     """(steps * steps, C, S, S), row-major: row r takes f_T = (1 - r/(steps-1)) f_T^A + r/(steps-1) f_T^B,
     column c the same for f_P (Fig. 9): A top-left, B bottom-right, A's identity with B's rest top-right."""
     _check_steps(steps)
+    for name, im in (("image_a", image_a), ("image_b", image_b)):
+        if not isinstance(im, torch.Tensor) or im.dim() != 3:
+            raise ValueError(f"{name} must be one image (C, S, S), got "
+                             f"{tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__}")
+    if image_a.shape != image_b.shape:
+        raise ValueError(f"image_a and image_b must have the same shape, got {tuple(image_a.shape)} and "
+                         f"{tuple(image_b.shape)}")
     f_t, f_p = model.encode(torch.stack([image_a, image_b]))
     beta = torch.linspace(0, 1, steps, device=f_t.device, dtype=f_t.dtype)[:, None]
     ts = (1 - beta) * f_t[0] + beta * f_t[1]                       # (steps, D)

@@ -134,6 +134,8 @@ def test_bad_edits_are_refused(trained):
         swap_identity(m, x, x[:1])
     with pytest.raises(ValueError, match="steps must be an int >= 2"):
         interpolation_grid(m, x[0], x[1], steps=1)
+    with pytest.raises(ValueError, match=r"image_b must be one image \(C, S, S\), got \(2, 3, 16, 16\)"):
+        interpolation_grid(m, x[0], x)
     with pytest.raises(ValueError, match="NAME=ALPHA"):
         parse_edits(["smiling"])
     with pytest.raises(ValueError, match="NAME=ALPHA"):
