@@ -66,6 +66,7 @@ def train(out, names, steps=STEPS):
 
 
 EVAL = {"n_identities": 200, "images_per_identity": 5, "seed": 10007}   # held-out SynthFaces identities
+SVM_SPLITS = 5                                  # attribute SVMs: mean over this many identity splits
 TSNE = {"n_identities": 20, "images_per_identity": 10, "seed": 20011}
 
 
@@ -108,7 +109,7 @@ def evaluate(out, names, partial=False):
             if feats[k] is not None:
                 r["gaussianity"][k] = ev.channel_gaussianity(feats[k]).tolist()
         r["attributes"] = ev.attribute_svms({k: feats[k] for k in keys}, data["attributes"], data["identities"],
-                                            names_a)
+                                            names_a, splits=SVM_SPLITS)
         if model.cfg.decoder:
             r["psnr"] = float(ev.reconstruction_psnr(model, data["images"]).mean())
         tf = ev.extract_features(model, tsne_data["images"])
@@ -158,7 +159,8 @@ def report(out):
              f"{res['common']['image_size']} px. Verification: balanced pairs (6000, 10-fold accuracy) and TPR at "
              f"FPR = 1e-3 over all pairs. Probe: fresh logistic regression on 3 images per identity, tested on 2 "
              f"(chance {pct(1 / res['eval_set']['n_identities'])} %). Attributes: LinearSVC trained on half the "
-             f"identities, balanced accuracy on the other half, mean over the {len(names)} attributes "
+             f"identities, balanced accuracy on the other half (mean of {SVM_SPLITS} identity splits), mean over the "
+             f"{len(names)} attributes "
              f"({sum(related)} identity-related, {len(related) - sum(related)} identity-irrelevant).", ""]
     rows = [("D2AE-T (f_T)", "full", "t"), ("D2AE-P (f_P)", "full", "p"),
             ("D2AE-P w/o L_H", "no_confusion", "p"), ("D2AE-P w/o L_I^adv", "no_adversary", "p"),
@@ -198,7 +200,8 @@ def report(out):
                      f"{pct(r['verification']['t']['tpr'])} | – | – | – | {pct(ts['acc_t'])} | – | – |")
     if "full" in runs:
         r = runs["full"]
-        lines += ["", "**Per attribute** (D2AE, balanced accuracy %; plain accuracy in Table 3 below)", "",
+        lines += ["", "**Per attribute** (D2AE, balanced accuracy %, mean ± spread over the identity splits; plain "
+                      "accuracy in Table 3 below)", "",
                   "| attribute | identity-related | f_T | f_P | [f_T,f_P] | majority % | better of f_T / f_P |",
                   "|---|---|---|---|---|---|---|"]
         wins = {True: [0, 0], False: [0, 0]}
@@ -210,7 +213,8 @@ def report(out):
             t, p_ = a["t"]["balanced_accuracy"], a["p"]["balanced_accuracy"]
             better = "f_T" if t > p_ else "f_P"
             wins[rel][0 if better == "f_T" else 1] += 1
-            lines.append(f"| {n} | {'yes' if rel else 'no'} | {pct(t)} | {pct(p_)} | "
+            sd = lambda k: f" ± {pct(a[k]['balanced_std'])}" if "balanced_std" in a[k] else ""  # noqa: E731
+            lines.append(f"| {n} | {'yes' if rel else 'no'} | {pct(t)}{sd('t')} | {pct(p_)}{sd('p')} | "
                          f"{pct(a['tp']['balanced_accuracy'])} | {pct(a['majority'])} | {better} |")
         lines += ["", f"f_T better on {wins[True][0]} of {sum(wins[True])} identity-related attributes; f_P better "
                       f"on {wins[False][1]} of {sum(wins[False])} identity-irrelevant ones.", ""]

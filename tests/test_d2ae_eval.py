@@ -47,6 +47,8 @@ def test_attribute_svms_split_by_identity():
     assert out["visible"]["yes"]["balanced_accuracy"] > 0.95
     assert out["visible"]["no"]["balanced_accuracy"] < 0.7
     assert 0.5 <= out["visible"]["majority"] <= 0.7
+    three = ev.attribute_svms({"yes": informative}, attrs, ids, ["visible", "constant"], splits=3)
+    assert three["visible"]["yes"]["balanced_accuracy"] > 0.95 and three["visible"]["yes"]["balanced_std"] < 0.05
 
 
 def test_channel_gaussianity_is_high_for_gaussian_channels_only():

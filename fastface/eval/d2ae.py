@@ -5,8 +5,8 @@
 - identity_probe: a fresh classifier trained after the fact on features of part of each identity's images,
   tested on the rest: how much identity a feature still carries (chance = 1 / identities).
 - attribute_svms: one LinearSVC per attribute on f_T, f_P and [f_T, f_P], trained on some identities and
-  tested on the others (identity-related attributes are constant per identity, so splitting by image would
-  let f_T recognise them by recognising the person).
+  tested on the others, averaged over several identity splits (identity-related attributes are constant
+  per identity, so splitting by image would let f_T recognise them by recognising the person).
 - channel_gaussianity: adj-R^2 of a Gaussian fitted to each channel's histogram (Fig. 8).
 - reconstruction_psnr: PSNR of D(E(x)) against x (images in [0, 1]).
 """
@@ -99,28 +99,34 @@ def identity_split(identities, fraction=0.5, seed=0):
     return np.isin(ids, chosen)
 
 
-def attribute_svms(features, attributes, identities, names, fraction=0.5, seed=0, C=0.1):
-    """{name: {feature_key: dict(accuracy, balanced_accuracy)} or None} per attribute: a LinearSVC on each
-    feature set in features ({key: (N, D)}), trained on the images of a `fraction` of the identities and tested
-    on the others. None for an attribute with one class in the training or test part."""
+def attribute_svms(features, attributes, identities, names, fraction=0.5, seed=0, C=0.1, splits=1):
+    """{name: {feature_key: dict(accuracy, balanced_accuracy, balanced_std), "majority": rate} or None} per
+    attribute: a LinearSVC on each feature set in features ({key: (N, D)}), trained on the images of a
+    `fraction` of the identities and tested on the others, averaged over `splits` random identity splits
+    (seeds seed, seed + 1, ...; balanced_std: the spread over the splits). None for an attribute with one
+    class in the training or test part of a split."""
     from sklearn.svm import LinearSVC
     attrs = torch.as_tensor(attributes).numpy() > 0.5
-    train = identity_split(identities, fraction, seed)
+    feats = {k: torch.as_tensor(f).double().numpy() for k, f in features.items()}
+    masks = [identity_split(identities, fraction, seed + s) for s in range(splits)]
     out = {}
     for a, name in enumerate(names):
         y = attrs[:, a]
-        if len(np.unique(y[train])) < 2 or len(np.unique(y[~train])) < 2:
+        if any(len(np.unique(y[m])) < 2 or len(np.unique(y[~m])) < 2 for m in masks):
             out[name] = None
             continue
         row = {}
-        for key, f in features.items():
-            f = torch.as_tensor(f).double().numpy()
-            xtr, xte = _standardise(f[train], f[~train])
-            pred = LinearSVC(C=C, max_iter=5000, random_state=seed).fit(xtr, y[train]).predict(xte)
-            yt = y[~train]
-            bal = 0.5 * ((pred[yt] == 1).mean() + (pred[~yt] == 0).mean())
-            row[key] = {"accuracy": float((pred == yt).mean()), "balanced_accuracy": float(bal)}
-        row["majority"] = float(max(y[~train].mean(), 1 - y[~train].mean()))
+        for key, f in feats.items():
+            accs, bals = [], []
+            for train in masks:
+                xtr, xte = _standardise(f[train], f[~train])
+                pred = LinearSVC(C=C, max_iter=5000, random_state=seed).fit(xtr, y[train]).predict(xte)
+                yt = y[~train]
+                accs.append((pred == yt).mean())
+                bals.append(0.5 * ((pred[yt] == 1).mean() + (pred[~yt] == 0).mean()))
+            row[key] = {"accuracy": float(np.mean(accs)), "balanced_accuracy": float(np.mean(bals)),
+                        "balanced_std": float(np.std(bals))}
+        row["majority"] = float(np.mean([max(y[~m].mean(), 1 - y[~m].mean()) for m in masks]))
         out[name] = row
     return out
 
