@@ -122,6 +122,22 @@ def cmd_invert(args):
     return 0
 
 
+def cmd_edit(args):
+    from .edit import parse_edits, run_edit
+    try:
+        report = run_edit(args.model, args.out, images=args.images, edits=parse_edits(args.attribute), n=args.n,
+                          alpha_max=args.alpha_max, fit_identities=args.fit_identities, fit_images=args.fit_images,
+                          steps=args.steps, seed=args.seed, device=_device(args.device))
+    except (ValueError, TypeError) as e:   # bad arguments or files: one line, no traceback
+        print(f"fastface edit: error: {e}", file=sys.stderr)
+        return 2
+    for name, e in report.get("edits", {}).items():
+        print(f"{name} (f_{e['branch'].upper()}, alpha {e['alpha']:+g}): SVM score {e['score_before']:+.3f} -> "
+              f"{e['score_after']:+.3f}")
+    print(f"edited {report['n']} faces -> {args.out}/edits.png, swap.png, interpolation.png, directions.npz")
+    return 0
+
+
 def _device(name):
     import torch
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -396,6 +412,24 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device")
     p.set_defaults(func=cmd_invert)
+    p = sub.add_parser("edit", help="D²AE: edit attributes along linear-SVM directions (f_P for identity-irrelevant, "
+                                    "f_T for identity-related ones), swap identities, interpolate (PNG grids)")
+    p.add_argument("--model", required=True, help="a `fastface train d2ae` model.pt (not the baseline)")
+    p.add_argument("--out", required=True, help="output folder: edits.png, swap.png, interpolation.png, "
+                                                "directions.npz, edit.json")
+    p.add_argument("--images", help="faces to edit: a folder DIR/<identity>/<image> (default: held-out SynthFaces)")
+    p.add_argument("--attribute", action="append", default=[], metavar="NAME=ALPHA",
+                   help="an edit (repeatable, applied together and one by one): a SynthFaces attribute and alpha "
+                        "in units of the learned sigma along its direction, |alpha| <= --alpha-max")
+    p.add_argument("--alpha-max", type=float, default=3.0, help="bound on |alpha| (default 3: the 3-sigma interval)")
+    p.add_argument("--n", type=int, default=8, help="faces to edit (default 8)")
+    p.add_argument("--fit-identities", type=int, default=100,
+                   help="SynthFaces identities the attribute SVMs are fitted on (default 100)")
+    p.add_argument("--fit-images", type=int, default=5, help="images of each (default 5)")
+    p.add_argument("--steps", type=int, default=5, help="interpolation grid side (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_edit)
     _gallery_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -112,3 +112,15 @@ def test_cli_runs_under_torchrun(tmp_path):
     assert main(["train", "r3an", *base, "--set", "batch_size=8", "--out", str(tmp_path / "one")]) == 0
     a, b = fastface.load(tmp_path / "one" / "model.pt"), fastface.load(tmp_path / "two" / "model.pt")
     torch.testing.assert_close(a.mlp[0].weight, b.mlp[0].weight, rtol=1e-5, atol=1e-6)
+
+
+def test_d2ae_trains_under_torchrun(tmp_path):
+    """D²AE's routed objective (detached features, a functional call on detached classifier weights) inside
+    DistributedDataParallel: two processes train and export a model whose f_T / f_P have the config's size."""
+    cfg = dict(n_identities=4, images_per_identity=4, image_size=16, width=4, branch_width=8, feature_dim=6,
+               decoder_width=16, batch_size=2, epochs=1, checkpoint_every=2)
+    out = worker(tmp_path, 2, "d2ae", "run", cfg)
+    steps = [json.loads(line) for line in open(out / "log.jsonl") if '"loss_confusion"' in line]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    f_t, f_p = fastface.load(out / "model.pt", kind="d2ae").encode(torch.rand(1, 3, 16, 16))
+    assert f_t.shape == f_p.shape == (1, 6)

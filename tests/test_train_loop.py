@@ -76,8 +76,8 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, name):
 def test_every_trainer_is_covered():
     # exact resume: backbone and r3an above, facevit (every variant) in tests/test_facevit.py, gan in
     # tests/test_train_gan.py (and under torchrun in tests/test_distributed.py), inversion in
-    # tests/test_inversion.py; add a new trainer
-    assert set(TRAINERS) == {"backbone", "r3an", "facevit", "gan", "inversion"}
+    # tests/test_inversion.py, d2ae in tests/test_train_d2ae.py; add a new trainer
+    assert set(TRAINERS) == {"backbone", "r3an", "facevit", "gan", "inversion", "d2ae"}
 
 
 def test_checkpoint_holds_the_full_state(tmp_path):

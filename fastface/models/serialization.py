@@ -24,6 +24,7 @@ BUILDERS = {
     "facevit": "fastface.models.facevit:build_facevit",
     "gan": "fastface.models.dcgan:build_generator",
     "inversion": "fastface.models.inversion:build_inversion_encoder",
+    "d2ae": "fastface.models.d2ae:build_d2ae",
 }
 
 
