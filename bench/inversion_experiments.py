@@ -110,32 +110,11 @@ def metrics(features, x, z_true, z, rec, seconds):
     return row
 
 
-class PixelNormThenFused:
-    """The generator with its pixel-norm in PyTorch and the ConvTranspose chain in FusedGenerator: used when
-    FusedGenerator.from_module does not accept the generator's PixelNorm layer (yet)."""
-
-    def __init__(self, gen):
-        self.norm = gen[0]
-        self.fused = fastface.FusedGenerator.from_module(torch.nn.Sequential(*list(gen)[1:]))
-
-    def __call__(self, z):
-        return self.fused(self.norm(z))
-
-
-def fused_generator(gen):
-    try:
-        return fastface.FusedGenerator.from_module(gen), "FusedGenerator.from_module(generator)"
-    except ValueError as e:
-        print(f"FusedGenerator does not take the whole generator ({str(e)[:80]}...): pixel-norm in PyTorch, "
-              f"the chain fused", flush=True)
-        return PixelNormThenFused(gen), "pixel-norm in PyTorch + FusedGenerator for the ConvTranspose chain"
-
-
 @torch.no_grad()
 def throughput(gen, enc, batch, repeats=7):
     """faces/s of encoder + generator on a batch of generated faces: eager vs FusedGenerator (median)."""
     x = gen(torch.randn(batch, gen.cfg.latent_dim, generator=torch.Generator().manual_seed(1)))
-    fused, how = fused_generator(gen)
+    fused, how = fastface.FusedGenerator.from_module(gen), "FusedGenerator.from_module(generator)"
     torch.testing.assert_close(fused(enc(x)), gen(enc(x)), atol=1e-4, rtol=1e-4)
     res = {"how": how}
     for name, g in (("eager", gen), ("fused", fused)):
