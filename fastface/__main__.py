@@ -1,6 +1,5 @@
 """`python -m fastface` (and `torchrun ... -m fastface train ...`): the fastface command."""
-import sys
-
 from .cli import main
+from .train.distributed import exit_process
 
-sys.exit(main())
+exit_process(main())

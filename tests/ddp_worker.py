@@ -12,7 +12,7 @@ import torch
 
 from fastface.models.r3an import FCTransform
 from fastface.train import TRAINERS, TrainConfig, Trainer, fit
-from fastface.train.distributed import teardown
+from fastface.train.distributed import exit_process, teardown
 
 
 @dataclass
@@ -94,3 +94,4 @@ def main(argv):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    exit_process(0)

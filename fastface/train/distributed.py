@@ -4,6 +4,7 @@ A plain process is the 1-process case: every function here works without a proce
 torchrun sets WORLD_SIZE / RANK / LOCAL_RANK (and the rendezvous); fastface adds nothing to it.
 """
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ class DistInfo:
     @property
     def distributed(self):
         return self.world_size > 1
+
+
+_joined_group = False    # this process joined a torchrun process group (setup)
 
 
 def _env_int(name, default):
@@ -54,6 +58,8 @@ def setup(device=None):
             device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
+        global _joined_group
+        _joined_group = True
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     if dist.is_initialized():
@@ -67,6 +73,18 @@ def teardown():
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code=0):
+    """End the process with code. One that joined a torchrun group ends without interpreter finalisation
+    (os._exit after flushing stdio): objects that outlive destroy_process_group (a DDP module holds its
+    group) would be destroyed during finalisation, when gloo's threads can abort the process with SIGABRT
+    ("terminate called without an active exception"). Plain processes exit normally."""
+    if _joined_group:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(code)
 
 
 def barrier():
