@@ -1,6 +1,7 @@
 // Register-blocked cosines of patch sets (row-major) and their floored norms, used by the cost
 // kernels (patch_cost.cpp, emd_pairs.cpp).
 #pragma once
+#include "isa.h"  // FASTFACE_ISA_NS
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +11,7 @@
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 constexpr int64_t kRowBlock = 4;   // rows of X per micro-kernel
 constexpr int64_t kColBlock = 16;  // columns of D per micro-kernel (two AVX2 float vectors)
@@ -80,5 +82,6 @@ void cosines(const T* X, const double* xnorm, const T* Y, const double* ynorm, i
   for (int64_t i = 0; i < n; ++i) std::copy(&ws.d[i * mp], &ws.d[i * mp] + m, D + i * m);
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

@@ -5,12 +5,13 @@
 #include <vector>
 
 #include "dots.h"
-#include "emd_kernels.h"
+#include "isa.h"
 #include "parallel.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 namespace {
 
@@ -128,5 +129,6 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
   errors.rethrow_first();
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

@@ -3,11 +3,12 @@
 #include <vector>
 
 #include "dots.h"
-#include "emd_kernels.h"
+#include "isa.h"
 #include "parallel.h"
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 template <typename T>
 static void patch_cost_impl(const PatchCostArgs& args, int n_threads) {
@@ -49,5 +50,6 @@ void patch_cost(const PatchCostArgs& args, int n_threads) {
   throw std::invalid_argument("patch_cost (cpu): dtype must be float32 or float64");
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

@@ -1,6 +1,7 @@
 // One Sinkhorn problem on the CPU (per-thread workspace); used by sinkhorn.cpp and emd_pairs.cpp.
 // Semantics: fastface/reference/sinkhorn.py.
 #pragma once
+#include "isa.h"  // FASTFACE_ISA_NS
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 template <typename T>
 struct SinkhornWorkspace {
@@ -209,5 +211,6 @@ inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* 
   return res;
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface
