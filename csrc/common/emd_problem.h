@@ -46,6 +46,7 @@ struct PatchCostArgs {
   int64_t P = 0, rep = 1, n = 0, m = 0, C = 0;
   DType in_dtype = DType::F32;
   void* out = nullptr;         // (P, n, m), float32 (float64 when in_dtype is F64)
+  uint8_t* nonfinite = nullptr;  // (2,) or null (CPU): set to 1 where x / y holds a NaN or inf
 };
 
 // Fused re-rank: for query b and candidate slot j, problem p = b * k + j compares

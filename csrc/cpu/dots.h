@@ -26,12 +26,17 @@ struct DotsWorkspace {
 
 // norms_i = max(||X_i||, kNormFloor) for X (n, C), in double and free of overflow: each row is
 // divided by its largest |x| before squaring (float32 squares overflow from |x| ~ 1.8e19).
+// Returns whether X is finite.
 template <typename T>
-void floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
+bool floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
+  bool finite = true;
   for (int64_t i = 0; i < n; ++i) {
     const T* row = X + i * C;
     double largest = 0;
-    for (int64_t c = 0; c < C; ++c) largest = std::max(largest, std::abs(double(row[c])));
+    for (int64_t c = 0; c < C; ++c) {
+      largest = std::max(largest, std::abs(double(row[c])));
+      finite = finite && std::isfinite(row[c]);
+    }
     double s = 0;
     if (largest > 0) {
       const double inv = 1.0 / largest;
@@ -42,6 +47,7 @@ void floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
     }
     norms[i] = std::max(largest * std::sqrt(s), kNormFloor);
   }
+  return finite;
 }
 
 // D (n, m): cosines D_ij = <X_i / xnorm_i, Y_j / ynorm_j> of X (n, C) and Y (m, C), with the

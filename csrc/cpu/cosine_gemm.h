@@ -1,0 +1,198 @@
+// Cosines of patch sets at GEMM speed: D (n, m) = cos(X_i, Y_j) for X (n, C), Y (m, C) float32
+// row-major, as one register-blocked product T = Y . Xp^T (m, npad) followed by a scaling epilogue.
+//
+// The query side X is packed once (per query, reused for all its candidates): each row scaled by a
+// power of two (exact) into NR-column panels Xp (C, NR), one aligned vector load per NR/kLanes lanes.
+// The candidate side Y is read in place, one broadcast per element, kMR rows at a time (its rows
+// stay in L1 while the panels stream from L2); rows of extreme magnitude (beyond 2^+-60, where raw
+// dot products could overflow or underflow) are first copied scaled by a power of two.
+// Norms: the largest |x| of a row (exact), then the sum of squares of the row scaled to it.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../common/emd_problem.h"
+#include "simd.h"
+
+namespace fastface {
+namespace cpu {
+namespace FASTFACE_ISA_NS {
+namespace gemm {
+
+using simd::kLanes;
+using simd::vf;
+
+// Micro-tile: kMR rows of Y times kNV vectors of Xp columns, all accumulators in registers.
+#if defined(__AVX512F__)
+constexpr int kMR = 6, kNV = 4;  // 24 zmm accumulators + 4 panel vectors + 1 broadcast <= 32
+#elif defined(__aarch64__)
+constexpr int kMR = 6, kNV = 4;  // 32 NEON registers
+#else
+constexpr int kMR = 6, kNV = 2;  // 12 ymm / xmm accumulators + 2 + 1 <= 16
+#endif
+constexpr int kNR = kNV * kLanes;
+
+// norm = max(||row||, kNormFloor) in double, and e with max|row| = f * 2^e, f in [0.5, 1) (0 for a
+// zero row); free of overflow and underflow for every finite float row. Returns whether the row is
+// finite (0 * v is NaN exactly for a NaN or inf v).
+inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
+  vf big = vf{}, zero = vf{};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    const vf v = simd::load(row + c);
+    big = simd::vmax(big, simd::vabs(v));
+    zero += v * 0.0f;
+  }
+  float largest = simd::hmax(big), z = simd::hsum(zero);
+  for (; c < C; ++c) {
+    largest = std::max(largest, std::fabs(row[c]));
+    z += row[c] * 0.0f;
+  }
+  e = 0;
+  norm = kNormFloor;
+  if (z != 0.0f) return false;
+  if (!(largest > 0)) return true;
+  std::frexp(largest, &e);
+  const float inv = std::ldexp(1.0f, -e);
+  vf sq = vf{};
+  for (c = 0; c + kLanes <= C; c += kLanes) {
+    const vf v = simd::load(row + c) * inv;
+    sq += v * v;
+  }
+  double s = simd::hsum(sq);
+  for (; c < C; ++c) s += double(row[c] * inv) * double(row[c] * inv);
+  norm = std::max(std::ldexp(std::sqrt(s), e), kNormFloor);
+  return true;
+}
+
+// The packed query: Xp (npad / kNR panels of (C, kNR)), xs_i = 2^e_i / norm_i, norm_i floored.
+struct PackedQuery {
+  simd::Buffer xp, xs;
+  std::vector<double> norm;
+  int64_t n = 0, C = 0, npad = 0;
+  bool finite = true;  // no NaN or inf in X
+};
+
+inline void pack_query(const float* X, int64_t n, int64_t C, PackedQuery& q) {
+  q.n = n;
+  q.C = C;
+  q.npad = simd::round_up(n, kNR);
+  float* xp = q.xp.get(q.npad * C);
+  float* xs = q.xs.get(q.npad);
+  q.norm.resize(n);
+  q.finite = true;
+  std::fill(xs, xs + q.npad, 0.0f);
+  for (int64_t i = 0; i < q.npad; ++i) {
+    const int64_t panel = i / kNR, col = i % kNR;
+    float* dst = xp + panel * C * kNR + col;
+    if (i >= n) {
+      for (int64_t c = 0; c < C; ++c) dst[c * kNR] = 0.0f;
+      continue;
+    }
+    int e;
+    q.finite = row_norm(X + i * C, C, q.norm[i], e) && q.finite;
+    const float inv = std::ldexp(1.0f, -e);
+    for (int64_t c = 0; c < C; ++c) dst[c * kNR] = X[i * C + c] * inv;
+    xs[i] = float(std::ldexp(1.0, e) / q.norm[i]);
+  }
+}
+
+// t[r * ldt + (0..kNR)] = sum_c y[r * ldy + c] * panel[c * kNR + (0..kNR)], r < MR.
+template <int MR>
+inline void micro_kernel(const float* __restrict y, int64_t ldy, const float* __restrict panel,
+                         int64_t C, float* __restrict t, int64_t ldt) {
+  vf acc[MR][kNV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[r][v] = vf{};
+  for (int64_t c = 0; c < C; ++c) {
+    vf b[kNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) b[v] = *reinterpret_cast<const vf*>(panel + c * kNR + v * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const float s = y[r * ldy + c];
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[r][v] += s * b[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) simd::store(t + r * ldt + v * kLanes, acc[r][v]);
+}
+
+template <int MR>
+inline void rows_times_panels(const float* y, int64_t C, const PackedQuery& q, float* t) {
+  for (int64_t p = 0; p < q.npad / kNR; ++p)
+    micro_kernel<MR>(y, C, q.xp.p + p * C * kNR, C, t + p * kNR, q.npad);
+}
+
+// Per-thread buffers of the candidate side.
+struct CandidateWork {
+  simd::Buffer t, ys, ycopy;
+  std::vector<double> norm;  // floored norms of the candidate's rows
+  std::vector<int> ex;       // their power-of-two exponents
+  bool finite = true;        // no NaN or inf in the last Y
+};
+
+// D (n, m) = cosines of the packed query and Y (m, C) (1 - cosines when one_minus); w.norm gets
+// Y's floored row norms.
+inline void cosines(const PackedQuery& q, const float* Y, int64_t m, CandidateWork& w, float* D,
+                    bool one_minus = false) {
+  const int64_t C = q.C, npad = q.npad, n = q.n;
+  float* ys = w.ys.get(m);
+  w.norm.resize(m);
+  std::vector<int>& ex = w.ex;
+  ex.resize(m);
+  bool in_range = true;
+  w.finite = true;
+  for (int64_t j = 0; j < m; ++j) {
+    w.finite = row_norm(Y + j * C, C, w.norm[j], ex[j]) && w.finite;
+    in_range = in_range && ex[j] > -60 && ex[j] < 60;
+  }
+  const float* y = Y;
+  if (!in_range) {  // copy every row scaled to [0.5, 1)
+    float* yc = w.ycopy.get(m * C);
+    for (int64_t j = 0; j < m; ++j) {
+      const float inv = std::ldexp(1.0f, -ex[j]);
+      for (int64_t c = 0; c < C; ++c) yc[j * C + c] = Y[j * C + c] * inv;
+      ys[j] = float(std::ldexp(1.0, ex[j]) / w.norm[j]);
+    }
+    y = yc;
+  } else {
+    for (int64_t j = 0; j < m; ++j) ys[j] = float(1.0 / w.norm[j]);
+  }
+  float* t = w.t.get(m * npad);
+  int64_t j0 = 0;
+  for (; j0 + kMR <= m; j0 += kMR) rows_times_panels<kMR>(y + j0 * C, C, q, t + j0 * npad);
+  switch (m - j0) {
+    case 5: rows_times_panels<5>(y + j0 * C, C, q, t + j0 * npad); break;
+    case 4: rows_times_panels<4>(y + j0 * C, C, q, t + j0 * npad); break;
+    case 3: rows_times_panels<3>(y + j0 * C, C, q, t + j0 * npad); break;
+    case 2: rows_times_panels<2>(y + j0 * C, C, q, t + j0 * npad); break;
+    case 1: rows_times_panels<1>(y + j0 * C, C, q, t + j0 * npad); break;
+    default: break;
+  }
+  // D_ij = t_ji * xs_i * ys_j, written row-major, eight candidate rows at a time.
+  const float* xs = q.xs.p;
+  constexpr int64_t kB = 8;
+  for (int64_t jb = 0; jb < m; jb += kB) {
+    const int64_t je = std::min(m, jb + kB);
+    if (one_minus) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = jb; j < je; ++j) D[i * m + j] = 1.0f - t[j * npad + i] * xs[i] * ys[j];
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = jb; j < je; ++j) D[i * m + j] = t[j * npad + i] * xs[i] * ys[j];
+    }
+  }
+}
+
+}  // namespace gemm
+}  // namespace FASTFACE_ISA_NS
+}  // namespace cpu
+}  // namespace fastface
