@@ -44,7 +44,7 @@ struct PatchCostArgs {
   const void* x = nullptr;     // (P / rep, n, C)
   const void* y = nullptr;     // (P, m, C)
   int64_t P = 0, rep = 1, n = 0, m = 0, C = 0;
-  DType in_dtype = DType::F32;
+  DType in_dtype = DType::F32;  // any: F32, F16, BF16 (float32 accumulation) or F64
   void* out = nullptr;         // (P, n, m), float32 (float64 when in_dtype is F64)
   uint8_t* nonfinite = nullptr;  // (2,) or null (CPU): set to 1 where x / y holds a NaN or inf
 };

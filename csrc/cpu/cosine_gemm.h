@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../common/emd_problem.h"
@@ -33,6 +35,31 @@ constexpr int kMR = 6, kNV = 4;  // 32 NEON registers
 constexpr int kMR = 6, kNV = 2;  // 12 ymm / xmm accumulators + 2 + 1 <= 16
 #endif
 constexpr int kNR = kNV * kLanes;
+
+// Half-precision inputs: their bits, converted to float32 as they are read (fp32 accumulation).
+struct Bf16 { uint16_t bits; };
+struct F16 { uint16_t bits; };
+
+inline float bits_to_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+inline void to_float(const float* src, float* dst, int64_t len) { std::memcpy(dst, src, len * 4); }
+inline void to_float(const Bf16* src, float* dst, int64_t len) {
+  for (int64_t t = 0; t < len; ++t) dst[t] = bits_to_float(uint32_t(src[t].bits) << 16);
+}
+inline void to_float(const F16* src, float* dst, int64_t len) {
+  for (int64_t t = 0; t < len; ++t) {
+    const uint32_t h = src[t].bits, em = h & 0x7fffu, sign = (h & 0x8000u) << 16;
+    // exponent and mantissa moved into float position, rebiased by 2^112 (exact, subnormals too)
+    float f = bits_to_float(em << 13) * 5.192296858534828e+33f;
+    if (em >= 0x7c00u) f = bits_to_float(0x7f800000u | ((em & 0x3ffu) << 13));  // inf, NaN
+    uint32_t b;
+    std::memcpy(&b, &f, 4);
+    dst[t] = bits_to_float(b | sign);
+  }
+}
 
 // norm = max(||row||, kNormFloor) in double, and e with max|row| = f * 2^e, f in [0.5, 1) (0 for a
 // zero row); free of overflow and underflow for every finite float row. Returns whether the row is
@@ -69,19 +96,22 @@ inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
 
 // The packed query: Xp (npad / kNR panels of (C, kNR)), xs_i = 2^e_i / norm_i, norm_i floored.
 struct PackedQuery {
-  simd::Buffer xp, xs;
+  simd::Buffer xp, xs, row;
   std::vector<double> norm;
+  std::vector<int> ex;  // power-of-two exponents of the rows' largest |x|
   int64_t n = 0, C = 0, npad = 0;
-  bool finite = true;  // no NaN or inf in X
+  bool finite = true;   // no NaN or inf in X
 };
 
-inline void pack_query(const float* X, int64_t n, int64_t C, PackedQuery& q) {
+template <typename In>
+inline void pack_query(const In* X, int64_t n, int64_t C, PackedQuery& q) {
   q.n = n;
   q.C = C;
   q.npad = simd::round_up(n, kNR);
   float* xp = q.xp.get(q.npad * C);
   float* xs = q.xs.get(q.npad);
   q.norm.resize(n);
+  q.ex.assign(n, 0);
   q.finite = true;
   std::fill(xs, xs + q.npad, 0.0f);
   for (int64_t i = 0; i < q.npad; ++i) {
@@ -91,10 +121,12 @@ inline void pack_query(const float* X, int64_t n, int64_t C, PackedQuery& q) {
       for (int64_t c = 0; c < C; ++c) dst[c * kNR] = 0.0f;
       continue;
     }
-    int e;
-    q.finite = row_norm(X + i * C, C, q.norm[i], e) && q.finite;
+    int& e = q.ex[i];
+    float* row = q.row.get(C);
+    to_float(X + i * C, row, C);
+    q.finite = row_norm(row, C, q.norm[i], e) && q.finite;
     const float inv = std::ldexp(1.0f, -e);
-    for (int64_t c = 0; c < C; ++c) dst[c * kNR] = X[i * C + c] * inv;
+    for (int64_t c = 0; c < C; ++c) dst[c * kNR] = row[c] * inv;
     xs[i] = float(std::ldexp(1.0, e) / q.norm[i]);
   }
 }
@@ -131,9 +163,26 @@ inline void rows_times_panels(const float* y, int64_t C, const PackedQuery& q, f
     micro_kernel<MR>(y, C, q.xp.p + p * C * kNR, C, t + p * kNR, q.npad);
 }
 
+// D_ij = t_ji * xs_i * ys_j (1 - that when one_minus) from t (m, npad), written row-major, eight
+// candidate rows at a time.
+inline void write_cosines(const float* t, int64_t npad, const float* xs, const float* ys, int64_t n,
+                          int64_t m, float* D, bool one_minus) {
+  constexpr int64_t kB = 8;
+  for (int64_t jb = 0; jb < m; jb += kB) {
+    const int64_t je = std::min(m, jb + kB);
+    if (one_minus) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = jb; j < je; ++j) D[i * m + j] = 1.0f - t[j * npad + i] * xs[i] * ys[j];
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = jb; j < je; ++j) D[i * m + j] = t[j * npad + i] * xs[i] * ys[j];
+    }
+  }
+}
+
 // Per-thread buffers of the candidate side.
 struct CandidateWork {
-  simd::Buffer t, ys, ycopy;
+  simd::Buffer t, ys, ycopy, yfloat;
   std::vector<double> norm;  // floored norms of the candidate's rows
   std::vector<int> ex;       // their power-of-two exponents
   bool finite = true;        // no NaN or inf in the last Y
@@ -141,9 +190,16 @@ struct CandidateWork {
 
 // D (n, m) = cosines of the packed query and Y (m, C) (1 - cosines when one_minus); w.norm gets
 // Y's floored row norms.
-inline void cosines(const PackedQuery& q, const float* Y, int64_t m, CandidateWork& w, float* D,
+template <typename In>
+inline void cosines(const PackedQuery& q, const In* Yin, int64_t m, CandidateWork& w, float* D,
                     bool one_minus = false) {
   const int64_t C = q.C, npad = q.npad, n = q.n;
+  const float* Y = reinterpret_cast<const float*>(Yin);
+  if (!std::is_same<In, float>::value) {  // half inputs: converted once, then as float32
+    float* yc = w.yfloat.get(m * C);
+    to_float(Yin, yc, m * C);
+    Y = yc;
+  }
   float* ys = w.ys.get(m);
   w.norm.resize(m);
   std::vector<int>& ex = w.ex;
@@ -177,19 +233,27 @@ inline void cosines(const PackedQuery& q, const float* Y, int64_t m, CandidateWo
     case 1: rows_times_panels<1>(y + j0 * C, C, q, t + j0 * npad); break;
     default: break;
   }
-  // D_ij = t_ji * xs_i * ys_j, written row-major, eight candidate rows at a time.
-  const float* xs = q.xs.p;
-  constexpr int64_t kB = 8;
-  for (int64_t jb = 0; jb < m; jb += kB) {
-    const int64_t je = std::min(m, jb + kB);
-    if (one_minus) {
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = jb; j < je; ++j) D[i * m + j] = 1.0f - t[j * npad + i] * xs[i] * ys[j];
-    } else {
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = jb; j < je; ++j) D[i * m + j] = t[j * npad + i] * xs[i] * ys[j];
-    }
+  write_cosines(t, npad, q.xs.p, ys, n, m, D, one_minus);
+}
+
+// max(||mean of the rows||, kNormFloor) of X (len, C) whose rows' largest |x| are below 2^ex[t]:
+// rows scaled by one power of two (exact) so that float sums cannot overflow; acc holds C floats.
+inline double mean_norm(const float* X, int64_t len, int64_t C, const std::vector<int>& ex,
+                        simd::Buffer& acc_buf) {
+  int E = -1000;
+  for (int64_t t = 0; t < len; ++t) E = std::max(E, ex[t]);
+  const float inv = std::ldexp(1.0f, -E);
+  float* acc = acc_buf.get(C);
+  std::fill(acc, acc + C, 0.0f);
+  for (int64_t t = 0; t < len; ++t) {
+    const float* row = X + t * C;
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) simd::store(acc + c, simd::load(acc + c) + simd::load(row + c) * inv);
+    for (; c < C; ++c) acc[c] += row[c] * inv;
   }
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) s += (double(acc[c]) / len) * (double(acc[c]) / len);
+  return std::max(std::ldexp(std::sqrt(s), E), kNormFloor);
 }
 
 }  // namespace gemm

@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "dots.h"
+#include "cosine_gemm.h"
 #include "isa.h"
 #include "parallel.h"
 #include "sinkhorn_core.h"
@@ -27,16 +27,6 @@ bool normalise(float* w, int64_t len) {
   return false;
 }
 
-// max(||mean of rows||, kNormFloor) of X (len, C), in double (no overflow for float rows).
-double mean_norm(const float* X, int64_t len, int64_t C, std::vector<double>& acc) {
-  acc.assign(C, 0.0);
-  for (int64_t t = 0; t < len; ++t)
-    for (int64_t c = 0; c < C; ++c) acc[c] += X[t * C + c];
-  double s = 0;
-  for (int64_t c = 0; c < C; ++c) s += (acc[c] / len) * (acc[c] / len);
-  return std::max(std::sqrt(s), kNormFloor);
-}
-
 }  // namespace
 
 void emd_pairs(const EmdPairsArgs& args, int n_threads) {
@@ -50,22 +40,24 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
   ParallelErrors errors;
 #pragma omp parallel num_threads(n_threads)
   {
-    DotsWorkspace<float> dws;
+    // Per-thread buffers (no shared writes but one output slot per pair).
+    gemm::PackedQuery query;
+    gemm::CandidateWork work;
+    simd::Buffer mean_acc;
     SinkhornWorkspace<float> sws;
     std::vector<float> cost, wx, wy;
-    std::vector<double> xn, yn, acc, wy_acc;
+    std::vector<double> wy_acc;
     errors.run([&] {
       sws.reserve(n, m);
       cost.resize(n * m);
       wx.resize(n);
       wy.resize(m);
-      xn.resize(n);
-      yn.resize(m);
       wy_acc.resize(m);
     });
     int64_t last_b = -1;
     double x_mean_norm = 1.0;
-#pragma omp for schedule(dynamic, 4)
+    // One (query, candidate) pair per task; a thread packs a query once for its run of candidates.
+#pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < B * k; ++p) {
       if (errors.failed()) continue;
       errors.run([&] {
@@ -73,23 +65,27 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
         const float* X = x + qb * n * C;
         const float* Y = y + (args.idx ? args.idx[p] : p) * m * C;
         if (qb != last_b) {
-          floored_norms(X, n, C, xn.data());
-          if (args.weighting == Weighting::APC) x_mean_norm = mean_norm(X, n, C, acc);
+          gemm::pack_query(X, n, C, query);
+          if (args.weighting == Weighting::APC) x_mean_norm = gemm::mean_norm(X, n, C, query.ex, mean_acc);
           last_b = qb;
         }
-        floored_norms(Y, m, C, yn.data());
-        cosines(X, xn.data(), Y, yn.data(), n, m, C, dws, cost.data());  // cos_ij
+        gemm::cosines(query, Y, m, work, cost.data());  // cos_ij
+        const std::vector<double>& xn = query.norm;
+        const std::vector<double>& yn = work.norm;
         bool fell_back = false;
         if (args.weighting == Weighting::APC) {
           // <x_i / |x_i|, unit(mean y)> = sum_j |y_j| cos_ij / (m |mean y|), and symmetrically
           // (with the floored norms; in double, so rows near the float range stay finite).
-          const double y_mean_norm = mean_norm(Y, m, C, acc);
+          const double y_mean_norm = gemm::mean_norm(Y, m, C, work.ex, mean_acc);
           std::fill(wy_acc.begin(), wy_acc.end(), 0.0);
           for (int64_t i = 0; i < n; ++i) {
             double s = 0;
+            const double xi = xn[i];
+            const float* ci = cost.data() + i * m;
+#pragma omp simd reduction(+ : s)
             for (int64_t j = 0; j < m; ++j) {
-              s += yn[j] * cost[i * m + j];
-              wy_acc[j] += xn[i] * cost[i * m + j];
+              s += yn[j] * ci[j];
+              wy_acc[j] += xi * ci[j];
             }
             wx[i] = std::max(0.0f, float(s / (double(m) * y_mean_norm)));
           }

@@ -51,8 +51,8 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
     n, m, C = xf.shape[1], yf.shape[1], xf.shape[2]
     P = yf.shape[0]
     out_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
-    if impl == "cpu" or out_dtype == torch.float64:
-        xf, yf = xf.to(out_dtype), yf.to(out_dtype)
+    if out_dtype == torch.float64 or (impl == "cpu" and xf.dtype != yf.dtype):
+        xf, yf = xf.to(out_dtype), yf.to(out_dtype)  # the CPU kernel reads float16 / bfloat16 as they are
     elif xf.dtype != yf.dtype:
         xf, yf = xf.float(), yf.float()
     if impl == "triton" and out_dtype == torch.float32:
