@@ -176,6 +176,8 @@ def run(impl):
     for w in ("uniform", "apc", "sc"):
         r = ff.emd(xe, ye, weighting=w, eps=0.1, impl=impl, return_plan=True)
         out[f"emd_{w}"], out[f"emd_{w}_plan"] = r.distance, r.plan
+    for dt, name in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):  # read as they are, fp32 thereafter
+        out[f"emd_apc_{name}"] = ff.emd(xe.to(dt), ye.to(dt), weighting="apc", eps=0.1, impl=impl)
     emb, patches = torch.randn(20, 8, generator=g), torch.randn(20, 9, 16, generator=g)
     qe, qp = torch.randn(3, 8, generator=g), torch.randn(3, 9, 16, generator=g)
     gallery = ff.Faces(emb, patches)
@@ -185,6 +187,8 @@ def run(impl):
         out[f"rerank_one_by_one_{key}"] = torch.stack(
             [getattr(ff.emd_rerank(ff.Faces(qe[i], qp[i]), gallery, k=5, impl=impl, return_flows=True), key)
              for i in range(3)])
+    half = ff.emd_rerank(ff.Faces(qe, qp.bfloat16()), ff.Faces(emb, patches.bfloat16()), k=5, impl=impl)
+    out["rerank_bf16_emd"], out["rerank_bf16_indices"] = half.emd, half.indices
     net = nn.Sequential(nn.ConvTranspose2d(6, 5, 4, 1, 0), nn.BatchNorm2d(5), nn.ReLU(),
                         nn.ConvTranspose2d(5, 3, 4, 2, 1), nn.Tanh()).eval()
     with torch.no_grad():
@@ -226,9 +230,10 @@ def _close(got, want, key):
         # iteration counts may differ by one where the error crosses tol between summation orders
         assert (got.long() - want.long()).abs().max() <= (1 if key.endswith("n_iter") else 0), key
         return
-    tol = dict(atol=2e-2, rtol=2e-2) if "bf16" in key else dict(atol=2e-3, rtol=2e-3) if "f16" in key else {}
-    if "_float32_" in key or key.startswith(("emd", "rerank", "cost_extreme", "sinkhorn_auto_log")):
-        tol = tol or dict(atol=1e-5, rtol=1e-4)
+    # float16 / bfloat16 inputs: the same rounded values on both sides, float32 arithmetic thereafter
+    tol = {}
+    if key.startswith(("emd", "rerank", "cost_extreme", "cost_bf16", "cost_f16", "sinkhorn_auto_log")):
+        tol = dict(atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got, want.to(got.dtype), msg=key, **tol)
 
 

@@ -56,7 +56,7 @@ struct EmdPairsArgs {
   const void* y = nullptr;       // (G, m, C), or (B * k, m, C) when idx is null
   const int64_t* idx = nullptr;  // (B, k) gallery rows, or null
   int64_t B = 0, k = 0, n = 0, m = 0, C = 0;
-  DType in_dtype = DType::F32;   // CPU: F32 only; CUDA: F32, F16, BF16
+  DType in_dtype = DType::F32;   // F32, F16, BF16 (float32 accumulation)
   Weighting weighting = Weighting::APC;
   double eps = 0.05;
   int max_iter = 100;

@@ -65,7 +65,7 @@ inline void pack_query(const Bf16* X, int64_t n, int64_t C, PackedQuery& q) {  /
 template <int MR>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void micro_kernel(
     const uint16_t* __restrict y, int64_t C, const uint16_t* __restrict panel, float* __restrict t,
-    int64_t ldt) {
+    int64_t ldt, const gemm::TileScale& sc) {
   __m512 acc[MR][kNV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -79,16 +79,22 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void micro_kernel(
       for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)s, (__m512bh)b[v]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(t + r * ldt + v * 16, acc[r][v]);
+  for (int r = 0; r < MR; ++r) {
+    const __m512 yr = _mm512_set1_ps(sc.sign * sc.ys[r]), shift = _mm512_set1_ps(sc.shift);
+    for (int v = 0; v < kNV; ++v)
+      _mm512_storeu_ps(t + r * ldt + v * 16,
+                       _mm512_fmadd_ps(acc[r][v], _mm512_mul_ps(_mm512_loadu_ps(sc.xs + v * 16), yr), shift));
+  }
 }
 
 template <int MR>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void rows_times_panels(
-    const uint16_t* y, const PackedQuery& q, float* t) {
+    const uint16_t* y, const PackedQuery& q, float* t, const float* ys, bool one_minus) {
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(q.xp.p);
-  for (int64_t p = 0; p < q.npad / kNR; ++p)
-    micro_kernel<MR>(y, q.C, xp + p * q.C * kNR, t + p * kNR, q.npad);
+  for (int64_t p = 0; p < q.npad / kNR; ++p) {
+    const gemm::TileScale sc{q.xs.p + p * kNR, ys, one_minus ? 1.0f : 0.0f, one_minus ? -1.0f : 1.0f};
+    micro_kernel<MR>(y, q.C, xp + p * q.C * kNR, t + p * kNR, q.npad, sc);
+  }
 }
 
 // D (n, m) as gemm::cosines; false (nothing written) when a row of Y is beyond 2^+-60, where raw
@@ -97,29 +103,46 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline bool cosines(
     const PackedQuery& q, const Bf16* Y, int64_t m, gemm::CandidateWork& w, float* D, bool one_minus) {
   const int64_t C = q.C, npad = q.npad;
   float* ys = w.ys.get(m);
-  float* row = w.yfloat.get(C);
   w.norm.resize(m);
   w.finite = true;
+  const uint16_t* y = reinterpret_cast<const uint16_t*>(Y);
   for (int64_t j = 0; j < m; ++j) {
-    gemm::to_float(Y + j * C, row, C);
-    int e;
-    w.finite = gemm::row_norm(row, C, w.norm[j], e) && w.finite;
-    if (e <= -60 || e >= 60) return false;
+    // The largest |y| from the bits (exponent field), then |y|^2 with the dot products themselves:
+    // exact products, float32 sums, no overflow or underflow inside 2^+-60.
+    const uint16_t* row = y + j * C;
+    uint16_t largest = 0;
+    for (int64_t c = 0; c < C; ++c) largest = std::max<uint16_t>(largest, row[c] & 0x7fffu);
+    if (largest >= 0x7f80u) w.finite = false;  // inf or NaN: flagged, and the float32 path runs
+    const int e = int(largest >> 7) - 126;     // largest < 2^e
+    if (largest != 0 && (e <= -60 || e >= 60 || largest >= 0x7f80u)) return false;
+    __m512 sq = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= C; c += 32) {
+      const __m512i v = _mm512_loadu_si512(row + c);
+      sq = _mm512_dpbf16_ps(sq, (__m512bh)v, (__m512bh)v);
+    }
+    simd::vf sqv;
+    std::memcpy(&sqv, &sq, sizeof sqv);
+    double s = simd::hsum(sqv);
+    for (; c < C; ++c) {
+      const double v = gemm::bits_to_float(uint32_t(row[c]) << 16);
+      s += v * v;
+    }
+    w.norm[j] = std::max(std::sqrt(s), kNormFloor);
     ys[j] = float(1.0 / w.norm[j]);
   }
-  const uint16_t* y = reinterpret_cast<const uint16_t*>(Y);
   float* t = w.t.get(m * npad);
   int64_t j0 = 0;
-  for (; j0 + kMR <= m; j0 += kMR) rows_times_panels<kMR>(y + j0 * C, q, t + j0 * npad);
+  for (; j0 + kMR <= m; j0 += kMR) rows_times_panels<kMR>(y + j0 * C, q, t + j0 * npad, ys + j0, one_minus);
   switch (m - j0) {
-    case 5: rows_times_panels<5>(y + j0 * C, q, t + j0 * npad); break;
-    case 4: rows_times_panels<4>(y + j0 * C, q, t + j0 * npad); break;
-    case 3: rows_times_panels<3>(y + j0 * C, q, t + j0 * npad); break;
-    case 2: rows_times_panels<2>(y + j0 * C, q, t + j0 * npad); break;
-    case 1: rows_times_panels<1>(y + j0 * C, q, t + j0 * npad); break;
+    case 5: rows_times_panels<5>(y + j0 * C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 4: rows_times_panels<4>(y + j0 * C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 3: rows_times_panels<3>(y + j0 * C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 2: rows_times_panels<2>(y + j0 * C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 1: rows_times_panels<1>(y + j0 * C, q, t + j0 * npad, ys + j0, one_minus); break;
     default: break;
   }
-  gemm::write_cosines(t, npad, q.xs.p, ys, q.n, m, D, one_minus);
+  gemm::transpose_into(t, npad, q.n, m, D);
   return true;
 }
 

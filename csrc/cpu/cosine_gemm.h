@@ -63,36 +63,58 @@ inline void to_float(const F16* src, float* dst, int64_t len) {
 
 // norm = max(||row||, kNormFloor) in double, and e with max|row| = f * 2^e, f in [0.5, 1) (0 for a
 // zero row); free of overflow and underflow for every finite float row. Returns whether the row is
-// finite (0 * v is NaN exactly for a NaN or inf v).
+// finite (0 * v is NaN exactly for a NaN or inf v). One pass over the row when max|row| lies within
+// 2^+-60 (squares neither overflow nor lose anything that matters), a second, scaled one otherwise.
 inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
-  vf big = vf{}, zero = vf{};
+  vf big0 = vf{}, big1 = vf{}, sq0 = vf{}, sq1 = vf{}, zero = vf{};
   int64_t c = 0;
+  for (; c + 2 * kLanes <= C; c += 2 * kLanes) {
+    const vf v0 = simd::load(row + c), v1 = simd::load(row + c + kLanes);
+    big0 = simd::vmax(big0, simd::vabs(v0));
+    big1 = simd::vmax(big1, simd::vabs(v1));
+    sq0 += v0 * v0;
+    sq1 += v1 * v1;
+    zero += v0 * 0.0f + v1 * 0.0f;
+  }
   for (; c + kLanes <= C; c += kLanes) {
     const vf v = simd::load(row + c);
-    big = simd::vmax(big, simd::vabs(v));
+    big0 = simd::vmax(big0, simd::vabs(v));
+    sq0 += v * v;
     zero += v * 0.0f;
   }
-  float largest = simd::hmax(big), z = simd::hsum(zero);
+  float largest = simd::hmax(simd::vmax(big0, big1)), z = simd::hsum(zero);
+  double s = simd::hsum(sq0 + sq1);
   for (; c < C; ++c) {
     largest = std::max(largest, std::fabs(row[c]));
     z += row[c] * 0.0f;
+    s += double(row[c]) * double(row[c]);
   }
   e = 0;
   norm = kNormFloor;
   if (z != 0.0f) return false;
   if (!(largest > 0)) return true;
-  std::frexp(largest, &e);
-  const float inv = std::ldexp(1.0f, -e);
-  vf sq = vf{};
-  for (c = 0; c + kLanes <= C; c += kLanes) {
-    const vf v = simd::load(row + c) * inv;
-    sq += v * v;
+  uint32_t bits;
+  std::memcpy(&bits, &largest, 4);
+  e = int(bits >> 23) - 126;  // largest < 2^e for a normal float
+  if (e <= -60 || e >= 60) {  // rescale: 2^-e may not be a normal float, std::ldexp handles it
+    std::frexp(largest, &e);
+    const float inv = std::ldexp(1.0f, -e);
+    vf sq = vf{};
+    for (c = 0; c + kLanes <= C; c += kLanes) {
+      const vf v = simd::load(row + c) * inv;
+      sq += v * v;
+    }
+    s = simd::hsum(sq);
+    for (; c < C; ++c) s += double(row[c] * inv) * double(row[c] * inv);
+    norm = std::max(std::ldexp(std::sqrt(s), e), kNormFloor);
+    return true;
   }
-  double s = simd::hsum(sq);
-  for (; c < C; ++c) s += double(row[c] * inv) * double(row[c] * inv);
-  norm = std::max(std::ldexp(std::sqrt(s), e), kNormFloor);
+  norm = std::max(std::sqrt(s), kNormFloor);
   return true;
 }
+
+// 2^k for |k| < 127 (the exponents row_norm returns inside 2^+-60 and the rescaled ones).
+inline float pow2(int k) { return k > -127 && k < 128 ? simd::bits_to_float_u(uint32_t(k + 127) << 23) : std::ldexp(1.0f, k); }
 
 // The packed query: Xp (npad / kNR panels of (C, kNR)), xs_i = 2^e_i / norm_i, norm_i floored.
 struct PackedQuery {
@@ -125,16 +147,24 @@ inline void pack_query(const In* X, int64_t n, int64_t C, PackedQuery& q) {
     float* row = q.row.get(C);
     to_float(X + i * C, row, C);
     q.finite = row_norm(row, C, q.norm[i], e) && q.finite;
-    const float inv = std::ldexp(1.0f, -e);
+    const float inv = pow2(-e);
     for (int64_t c = 0; c < C; ++c) dst[c * kNR] = row[c] * inv;
     xs[i] = float(std::ldexp(1.0, e) / q.norm[i]);
   }
 }
 
-// t[r * ldt + (0..kNR)] = sum_c y[r * ldy + c] * panel[c * kNR + (0..kNR)], r < MR.
+// The scaling of a product tile into cosines: t = shift + sign * dot * xs_i * ys_j (shift 1, sign
+// -1 gives 1 - cos).
+struct TileScale {
+  const float* xs;  // (kNR,) of the panel
+  const float* ys;  // (MR,) of the rows
+  float shift, sign;
+};
+
+// t[r * ldt + (0..kNR)] = scaled sum_c y[r * ldy + c] * panel[c * kNR + (0..kNR)], r < MR.
 template <int MR>
 inline void micro_kernel(const float* __restrict y, int64_t ldy, const float* __restrict panel,
-                         int64_t C, float* __restrict t, int64_t ldt) {
+                         int64_t C, float* __restrict t, int64_t ldt, const TileScale& sc) {
   vf acc[MR][kNV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -152,32 +182,53 @@ inline void micro_kernel(const float* __restrict y, int64_t ldy, const float* __
     }
   }
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < MR; ++r) {
+    const float yr = sc.sign * sc.ys[r];
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) simd::store(t + r * ldt + v * kLanes, acc[r][v]);
+    for (int v = 0; v < kNV; ++v)
+      simd::store(t + r * ldt + v * kLanes, sc.shift + acc[r][v] * (simd::load(sc.xs + v * kLanes) * yr));
+  }
 }
 
 template <int MR>
-inline void rows_times_panels(const float* y, int64_t C, const PackedQuery& q, float* t) {
-  for (int64_t p = 0; p < q.npad / kNR; ++p)
-    micro_kernel<MR>(y, C, q.xp.p + p * C * kNR, C, t + p * kNR, q.npad);
+inline void rows_times_panels(const float* y, int64_t C, const PackedQuery& q, float* t, const float* ys,
+                              bool one_minus) {
+  for (int64_t p = 0; p < q.npad / kNR; ++p) {
+    const TileScale sc{q.xs.p + p * kNR, ys, one_minus ? 1.0f : 0.0f, one_minus ? -1.0f : 1.0f};
+    micro_kernel<MR>(y, C, q.xp.p + p * C * kNR, C, t + p * kNR, q.npad, sc);
+  }
 }
 
-// D_ij = t_ji * xs_i * ys_j (1 - that when one_minus) from t (m, npad), written row-major, eight
-// candidate rows at a time.
-inline void write_cosines(const float* t, int64_t npad, const float* xs, const float* ys, int64_t n,
-                          int64_t m, float* D, bool one_minus) {
-  constexpr int64_t kB = 8;
-  for (int64_t jb = 0; jb < m; jb += kB) {
-    const int64_t je = std::min(m, jb + kB);
-    if (one_minus) {
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = jb; j < je; ++j) D[i * m + j] = 1.0f - t[j * npad + i] * xs[i] * ys[j];
-    } else {
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = jb; j < je; ++j) D[i * m + j] = t[j * npad + i] * xs[i] * ys[j];
+typedef float v4f __attribute__((vector_size(16)));  // SSE / NEON width, in every kernel set
+#if defined(__clang__)
+#define FASTFACE_SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define FASTFACE_SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, (v4i){i, j, k, l})
+#endif
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+inline v4f load4(const float* p) {
+  v4f v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+
+// D_ij = t_ji from t (m, npad): 4 x 4 blocks transposed in registers, the edges one by one.
+inline void transpose_into(const float* t, int64_t npad, int64_t n, int64_t m, float* D) {
+  const int64_t n4 = n / 4 * 4, m4 = m / 4 * 4;
+  for (int64_t j = 0; j < m4; j += 4) {
+    for (int64_t i = 0; i < n4; i += 4) {
+      const v4f r0 = load4(t + j * npad + i), r1 = load4(t + (j + 1) * npad + i);
+      const v4f r2 = load4(t + (j + 2) * npad + i), r3 = load4(t + (j + 3) * npad + i);
+      const v4f t0 = FASTFACE_SHUFFLE(r0, r1, 0, 4, 1, 5), t1 = FASTFACE_SHUFFLE(r0, r1, 2, 6, 3, 7);
+      const v4f t2 = FASTFACE_SHUFFLE(r2, r3, 0, 4, 1, 5), t3 = FASTFACE_SHUFFLE(r2, r3, 2, 6, 3, 7);
+      const v4f c[4] = {FASTFACE_SHUFFLE(t0, t2, 0, 1, 4, 5), FASTFACE_SHUFFLE(t0, t2, 2, 3, 6, 7),
+                        FASTFACE_SHUFFLE(t1, t3, 0, 1, 4, 5), FASTFACE_SHUFFLE(t1, t3, 2, 3, 6, 7)};
+      for (int k = 0; k < 4; ++k) std::memcpy(D + (i + k) * m + j, &c[k], 16);
     }
   }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = (i < n4 ? m4 : 0); j < m; ++j) D[i * m + j] = t[j * npad + i];
 }
 
 // Per-thread buffers of the candidate side.
@@ -224,16 +275,16 @@ inline void cosines(const PackedQuery& q, const In* Yin, int64_t m, CandidateWor
   }
   float* t = w.t.get(m * npad);
   int64_t j0 = 0;
-  for (; j0 + kMR <= m; j0 += kMR) rows_times_panels<kMR>(y + j0 * C, C, q, t + j0 * npad);
+  for (; j0 + kMR <= m; j0 += kMR) rows_times_panels<kMR>(y + j0 * C, C, q, t + j0 * npad, ys + j0, one_minus);
   switch (m - j0) {
-    case 5: rows_times_panels<5>(y + j0 * C, C, q, t + j0 * npad); break;
-    case 4: rows_times_panels<4>(y + j0 * C, C, q, t + j0 * npad); break;
-    case 3: rows_times_panels<3>(y + j0 * C, C, q, t + j0 * npad); break;
-    case 2: rows_times_panels<2>(y + j0 * C, C, q, t + j0 * npad); break;
-    case 1: rows_times_panels<1>(y + j0 * C, C, q, t + j0 * npad); break;
+    case 5: rows_times_panels<5>(y + j0 * C, C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 4: rows_times_panels<4>(y + j0 * C, C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 3: rows_times_panels<3>(y + j0 * C, C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 2: rows_times_panels<2>(y + j0 * C, C, q, t + j0 * npad, ys + j0, one_minus); break;
+    case 1: rows_times_panels<1>(y + j0 * C, C, q, t + j0 * npad, ys + j0, one_minus); break;
     default: break;
   }
-  write_cosines(t, npad, q.xs.p, ys, n, m, D, one_minus);
+  transpose_into(t, npad, n, m, D);
 }
 
 // max(||mean of the rows||, kNormFloor) of X (len, C) whose rows' largest |x| are below 2^ex[t]:

@@ -33,6 +33,11 @@ inline vf load(const float* p) {  // any alignment
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float s) { return vf{} + s; }
+inline float bits_to_float_u(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline vf vabs(vf a) {
@@ -42,21 +47,38 @@ inline vf vabs(vf a) {
   std::memcpy(&a, &bits, sizeof a);
   return a;
 }
-inline float hsum(vf v) {
-  float s = 0;
-  for (int l = 0; l < kLanes; ++l) s += v[l];
-  return s;
+// Horizontal reductions: halves combined down to 4 lanes (vector instructions), then 4 scalars.
+typedef float v4 __attribute__((vector_size(16)));
+template <typename Op>
+inline float reduce(vf v, Op op) {
+  v4 q;
+#if defined(__AVX512F__)
+  typedef float v8 __attribute__((vector_size(32)));
+  v8 lo, hi;
+  std::memcpy(&lo, &v, 32);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+  const v8 h = op(lo, hi);
+  v4 a, b;
+  std::memcpy(&a, &h, 16);
+  std::memcpy(&b, reinterpret_cast<const char*>(&h) + 16, 16);
+  q = op(a, b);
+#elif defined(__AVX__)
+  v4 a, b;
+  std::memcpy(&a, &v, 16);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + 16, 16);
+  q = op(a, b);
+#else
+  q = v;
+#endif
+  const float x = op(q[0], q[1]), y = op(q[2], q[3]);
+  return op(x, y);
 }
-inline float hmin(vf v) {
-  float s = v[0];
-  for (int l = 1; l < kLanes; ++l) s = v[l] < s ? v[l] : s;
-  return s;
-}
-inline float hmax(vf v) {
-  float s = v[0];
-  for (int l = 1; l < kLanes; ++l) s = v[l] > s ? v[l] : s;
-  return s;
-}
+struct Add { template <typename T> T operator()(T a, T b) const { return a + b; } };
+struct Min { template <typename T> T operator()(T a, T b) const { return a < b ? a : b; } };
+struct Max { template <typename T> T operator()(T a, T b) const { return a > b ? a : b; } };
+inline float hsum(vf v) { return reduce(v, Add()); }
+inline float hmin(vf v) { return reduce(v, Min()); }
+inline float hmax(vf v) { return reduce(v, Max()); }
 
 // 2^k for integer k in [-126, 127], built in the exponent field.
 inline vf pow2i(vi k) {
