@@ -50,10 +50,10 @@ inline void pack_query(const Bf16* X, int64_t n, int64_t C, PackedQuery& q) {  /
     gemm::to_float(X + i * C, row, C);
     int e;
     q.finite = gemm::row_norm(row, C, q.norm[i], e) && q.finite;
-    const float inv = std::ldexp(1.0f, -e);
+    gemm::scale_row(row, row, C, e);
     for (int64_t c = 0; c < C; ++c) {  // bf16 times a power of two is a bf16: truncation is exact
       uint32_t b;
-      const float v = row[c] * inv;
+      const float v = row[c];
       std::memcpy(&b, &v, 4);
       dst[(c / 2) * kNR * 2 + (c & 1)] = uint16_t(b >> 16);
     }

@@ -96,16 +96,11 @@ inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
   uint32_t bits;
   std::memcpy(&bits, &largest, 4);
   e = int(bits >> 23) - 126;  // largest < 2^e for a normal float
-  if (e <= -60 || e >= 60) {  // rescale: 2^-e may not be a normal float, std::ldexp handles it
+  if (e <= -60 || e >= 60) {  // rescale in double: 2^-e overflows a float for subnormal rows
     std::frexp(largest, &e);
-    const float inv = std::ldexp(1.0f, -e);
-    vf sq = vf{};
-    for (c = 0; c + kLanes <= C; c += kLanes) {
-      const vf v = simd::load(row + c) * inv;
-      sq += v * v;
-    }
-    s = simd::hsum(sq);
-    for (; c < C; ++c) s += double(row[c] * inv) * double(row[c] * inv);
+    const double inv = std::ldexp(1.0, -e);
+    s = 0;
+    for (c = 0; c < C; ++c) s += (row[c] * inv) * (row[c] * inv);
     norm = std::max(std::ldexp(std::sqrt(s), e), kNormFloor);
     return true;
   }
@@ -113,8 +108,17 @@ inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
   return true;
 }
 
-// 2^k for |k| < 127 (the exponents row_norm returns inside 2^+-60 and the rescaled ones).
-inline float pow2(int k) { return k > -127 && k < 128 ? simd::bits_to_float_u(uint32_t(k + 127) << 23) : std::ldexp(1.0f, k); }
+// dst = src * 2^-e (exact: a power of two), for any e row_norm returns (2^-e may overflow a float
+// when the row is subnormal: then in double).
+inline void scale_row(const float* src, float* dst, int64_t C, int e, int64_t dst_stride = 1) {
+  if (e > -126 && e < 127) {
+    const float inv = simd::bits_to_float_u(uint32_t(127 - e) << 23);
+    for (int64_t c = 0; c < C; ++c) dst[c * dst_stride] = src[c] * inv;
+  } else {
+    const double inv = std::ldexp(1.0, -e);
+    for (int64_t c = 0; c < C; ++c) dst[c * dst_stride] = float(src[c] * inv);
+  }
+}
 
 // The packed query: Xp (npad / kNR panels of (C, kNR)), xs_i = 2^e_i / norm_i, norm_i floored.
 struct PackedQuery {
@@ -147,8 +151,7 @@ inline void pack_query(const In* X, int64_t n, int64_t C, PackedQuery& q) {
     float* row = q.row.get(C);
     to_float(X + i * C, row, C);
     q.finite = row_norm(row, C, q.norm[i], e) && q.finite;
-    const float inv = pow2(-e);
-    for (int64_t c = 0; c < C; ++c) dst[c * kNR] = row[c] * inv;
+    scale_row(row, dst, C, e, kNR);
     xs[i] = float(std::ldexp(1.0, e) / q.norm[i]);
   }
 }
@@ -265,8 +268,7 @@ inline void cosines(const PackedQuery& q, const In* Yin, int64_t m, CandidateWor
   if (!in_range) {  // copy every row scaled to [0.5, 1)
     float* yc = w.ycopy.get(m * C);
     for (int64_t j = 0; j < m; ++j) {
-      const float inv = std::ldexp(1.0f, -ex[j]);
-      for (int64_t c = 0; c < C; ++c) yc[j * C + c] = Y[j * C + c] * inv;
+      scale_row(Y + j * C, yc + j * C, C, ex[j]);
       ys[j] = float(std::ldexp(1.0, ex[j]) / w.norm[j]);
     }
     y = yc;
@@ -285,6 +287,15 @@ inline void cosines(const PackedQuery& q, const In* Yin, int64_t m, CandidateWor
     default: break;
   }
   transpose_into(t, npad, n, m, D);
+  if (C == 1) {  // 1-channel patches above the norm floor: the sign product, exactly (as x / |x|)
+    auto sign = [](float v) { return float((v > 0.0f) - (v < 0.0f)); };
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        if (!(q.norm[i] > kNormFloor && w.norm[j] > kNormFloor)) continue;
+        const float c = sign(q.xp.p[i]) * sign(y[j]);  // C = 1: panel p, column i % kNR is xp[i]
+        D[i * m + j] = one_minus ? 1.0f - c : c;
+      }
+  }
 }
 
 // max(||mean of the rows||, kNormFloor) of X (len, C) whose rows' largest |x| are below 2^ex[t]:
@@ -293,11 +304,15 @@ inline double mean_norm(const float* X, int64_t len, int64_t C, const std::vecto
                         simd::Buffer& acc_buf) {
   int E = -1000;
   for (int64_t t = 0; t < len; ++t) E = std::max(E, ex[t]);
-  const float inv = std::ldexp(1.0f, -E);
-  float* acc = acc_buf.get(C);
+  float* acc = acc_buf.get(2 * C);
   std::fill(acc, acc + C, 0.0f);
   for (int64_t t = 0; t < len; ++t) {
     const float* row = X + t * C;
+    if (E <= -126 || E >= 127) {  // subnormal rows: scaled one at a time, exactly
+      scale_row(row, acc + C, C, E);
+      row = acc + C;
+    }
+    const float inv = E > -126 && E < 127 ? simd::bits_to_float_u(uint32_t(127 - E) << 23) : 1.0f;
     int64_t c = 0;
     for (; c + kLanes <= C; c += kLanes) simd::store(acc + c, simd::load(acc + c) + simd::load(row + c) * inv);
     for (; c < C; ++c) acc[c] += row[c] * inv;
