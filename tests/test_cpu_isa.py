@@ -129,6 +129,15 @@ def test_environment_variable_forces_the_kernel_set(isa):
     assert run.returncode == 0 and run.stdout.strip() == isa, run.stderr[-2000:]
 
 
+def test_fastface_info_prints_the_cpu_code_path(capsys):
+    import argparse
+
+    from fastface.cli import cmd_info
+    assert cmd_info(argparse.Namespace(json=False)) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "CPU code path" in ln)
+    assert f": {be._C.cpu_isa()}" in line and "built: " + ", ".join(BUILT) in line, line
+
+
 def test_an_unusable_environment_variable_is_a_clear_error():
     run = run_python("""
         import torch, fastface as ff
