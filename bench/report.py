@@ -1,11 +1,14 @@
 """Measure fastface against the pure-PyTorch twin and POT in one run; print a markdown report.
 
-  python bench/report.py            # CPU: one query, k = 100, 8x8x512, eps = 0.05
+  python bench/report.py [--threads N]   # CPU: one query, k = 100, 8x8x512, eps = 0.05, vs the
+                                         # matmul floor and the fastest pure PyTorch (FASTFACE_CPU_ISA=avx2
+                                         # measures the AVX2 kernels on an AVX-512 machine)
   python bench/report.py --gpu      # GPU: LFW-scale stage 2 (13,233 queries x k = 100) + latency
   python bench/report.py [--gpu] --generator   # FusedGenerator vs eager vs torch.compile
   python bench/report.py --faces    # Faces from (n, C, H, W) maps vs contiguous, 10,000 faces
   python bench/report.py [--gpu] --gan [--gan-model M]   # GAN sampling: eager vs FusedGenerator
-Medians of repeated, warmed-up, synchronised calls. Append the output to bench/RESULTS.md.
+Medians of repeated, warmed-up, synchronised calls (CPU ratios: best of interleaved rounds).
+Append the output to bench/RESULTS.md.
 """
 import argparse
 import platform
@@ -21,18 +24,18 @@ import fastface as ff  # noqa: E402
 from cases import face_like, pot_rerank_one, queries_from  # noqa: E402
 
 
-def timed(fn, repeat=7, warmup=2, sync=None):
+def timed(fn, repeat=7, warmup=2, sync=None, clock=time.perf_counter):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
         if sync:
             sync()
-        t = time.perf_counter()
+        t = clock()
         fn()
         if sync:
             sync()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -54,34 +57,73 @@ def _rss(key):
     return 0
 
 
-def cpu_report():
+def cpu_header():
+    """The machine line of a CPU report: processor, the kernel set that runs, threads, torch."""
+    info = ff.backend_info()
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{name}; fastface CPU kernels: {info['cpu_isa']}"
+            f"{' + bf16 dot products' if info['cpu_avx512_bf16'] else ''} (this CPU runs "
+            f"{', '.join(info['cpu_isas_supported'])}); {torch.get_num_threads()} threads; torch {torch.__version__}")
+
+
+def cpu_report(rounds=7):
+    """Stage 2 on the CPU against its floor (torch's matmul of the same cost product) and the fastest
+    pure-PyTorch formulation; patch_cost and Sinkhorn alone. Ratios come from interleaved rounds
+    (best of each), so load from other jobs hits both sides alike."""
+    from torch_rerank import compiled_rerank, torch_rerank, torch_search
     emb, patches = face_like(2000)
     gallery = ff.Faces(emb, patches)
     qe, qp = queries_from(emb, patches, 8)
     q1 = ff.Faces(qe[0], qp[0])
-    rows = []
-    t_cpu = timed(lambda: ff.emd_rerank(q1, gallery, k=100, impl="cpu"), repeat=21)
-    t_torch = timed(lambda: ff.emd_rerank(q1, gallery, k=100, impl="torch"), repeat=7)
-    idx = ff.emd_rerank(q1, gallery, k=100, impl="cpu").stage1_indices
-    t_pot = timed(lambda: pot_rerank_one(qp[0], patches[idx]), repeat=3, warmup=1)
     res = ff.emd_rerank(q1, gallery, k=100, impl="cpu")
+    idx = res.stage1_indices
+    x, ys = qp[0].contiguous(), patches[idx].reshape(-1, patches.shape[-1]).contiguous()   # (64, C), (6400, C)
+    compiled = compiled_rerank()
+    eager = lambda: torch_search(qe[:1], qp[:1], emb, patches)  # noqa: E731
+    comp = lambda: torch_search(qe[:1], qp[:1], emb, patches, rerank=compiled)  # noqa: E731
+    with torch.no_grad():
+        comp()  # compile outside the timing
+        t_ff, t_mm, t_eager, t_comp = best_interleaved(
+            [lambda: ff.emd_rerank(q1, gallery, k=100, impl="cpu"), lambda: x @ ys.T, eager, comp], rounds, clock=cpu_clock())
+        _, e_torch = torch_search(qe[:1], qp[:1], emb, patches)
+    t_twin = timed(lambda: ff.emd_rerank(q1, gallery, k=100, impl="torch"), repeat=3, warmup=1, clock=cpu_clock())
+    t_pot = timed(lambda: pot_rerank_one(qp[0], patches[idx]), repeat=3, warmup=1, clock=cpu_clock())
     pot = torch.tensor(pot_rerank_one(qp[0], patches[idx]))
     err = (res.emd.sort().values.double() - pot.sort().values).abs().max().item()
-    rows.append(("fastface cpu (C++)", t_cpu, 1.0))
-    rows.append(("pure-PyTorch batched twin", t_torch, t_torch / t_cpu))
-    rows.append(("POT per pair (ot.sinkhorn2)", t_pot, t_pot / t_cpu))
-    print(f"### CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("One query, gallery 2,000, k = 100, 8x8 patches, C = 512, APC, eps = 0.05, max_iter = 100.\n")
-    print("| implementation | median per query | fastface is faster by |")
+    err_torch = (res.emd.sort().values - e_torch[0].sort().values).abs().max().item()
+    print(f"### CPU: {cpu_header()}\n")
+    print("One query, gallery 2,000, k = 100, 8x8 patches, C = 512, APC, eps = 0.05, max_iter = 100 "
+          "(stage 1 + stage 2). Best of interleaved rounds for the first four rows"
+          + ("; one thread: CPU time of the calling thread" if torch.get_num_threads() == 1 else "") + ".\n")
+    print("| implementation | per query | vs fastface |")
     print("|---|---|---|")
-    for name, t, r in rows:
-        print(f"| {name} | {t * 1e3:.2f} ms | {r:.1f}x |")
+    rows = [("fastface cpu (C++)", t_ff),
+            ("floor: torch matmul of the cost product alone, (64, 512) x (512, 6400)", t_mm),
+            ("fastest pure PyTorch, eager (bench/torch_rerank.py)", t_eager),
+            ("fastest pure PyTorch, Sinkhorn under torch.compile", t_comp),
+            ("fastface's pure-PyTorch twin (impl='torch', the test oracle)", t_twin),
+            ("POT per pair (ot.sinkhorn2)", t_pot)]
+    for name, t in rows:
+        print(f"| {name} | {t * 1e3:.2f} ms | {t / t_ff:.2f}x |")
+    print(f"\nfastface / floor = {t_ff / t_mm:.2f} (goal <= 2); fastest pure PyTorch / fastface = "
+          f"{min(t_eager, t_comp) / t_ff:.1f}x (goal >= 8).")
     it = res.n_iter.float()
-    print(f"\nIterations to convergence (tol 1e-6): median {it.median().item():.0f}, max {it.max().item():.0f}, "
-          f"converged {res.converged.float().mean().item() * 100:.0f} %; max |EMD - POT| = {err:.2e}\n")
+    print(f"Iterations (tol 1e-6): median {it.median().item():.0f}, max {it.max().item():.0f}, converged "
+          f"{res.converged.float().mean().item() * 100:.0f} %; max |EMD - POT| = {err:.2e}, "
+          f"max |EMD - pure PyTorch| = {err_torch:.2e}.\n")
     batch = ff.Faces(qe, qp)
-    tb = timed(lambda: ff.emd_rerank(batch, gallery, k=100, impl="cpu"), repeat=5)
-    print(f"Batch of 8 queries: {tb * 1e3 / 8:.2f} ms per query.\n")
+    with torch.no_grad():
+        t1, t8 = best_interleaved([lambda: ff.emd_rerank(q1, gallery, k=100, impl="cpu"),
+                                   lambda: ff.emd_rerank(batch, gallery, k=100, impl="cpu")], max(3, rounds // 2), clock=cpu_clock())
+    print(f"Batch of 8 queries: {t8 * 1e3 / 8:.2f} ms per query; one query alone {t1 * 1e3:.2f} ms "
+          f"(batch / single = {t8 / 8 / t1:.2f}).\n")
+    patch_cost_report(rounds)
+    sinkhorn_report(rounds)
     print("Peak memory growth of one call (MB, VmHWM):\n")
     print("| B x k | fastface cpu (fused) | pure-PyTorch twin |")
     print("|---|---|---|")
@@ -90,6 +132,59 @@ def cpu_report():
         mc = peak_rss_mb(lambda: ff.emd_rerank(qb, gallery, k=k, impl="cpu"))
         mt = peak_rss_mb(lambda: ff.emd_rerank(qb, gallery, k=k, impl="torch"))
         print(f"| {B} x {k} | {mc:.1f} | {mt:.1f} |")
+
+
+def patch_cost_report(rounds=7):
+    """patch_cost (one query vs 100 candidates, 64 patches each) against torch's matmul of the same
+    product, float32 and bfloat16."""
+    g = torch.Generator().manual_seed(0)
+    print("patch_cost, one query (64 patches) vs 100 candidates (64 patches each): the product "
+          "(64, C) x (C, 6,400); floor = torch.matmul of that product alone (no norms, no 1 - cos).\n")
+    print("| C | dtype | fastface patch_cost | torch matmul | matmul / patch_cost |")
+    print("|---|---|---|---|---|")
+    for C in (128, 256, 512):
+        for dt in (torch.float32, torch.bfloat16):
+            x, y = torch.randn(64, C, generator=g).to(dt), torch.randn(6400, C, generator=g).to(dt)
+            xq, yc = x[None, None], y.view(1, 100, 64, C)
+            t_pc, t_mm = best_interleaved([lambda: ff.patch_cost(xq, yc, impl="cpu"), lambda: x @ y.T], rounds, clock=cpu_clock())
+            print(f"| {C} | {str(dt)[6:]} | {t_pc * 1e3:.2f} ms | {t_mm * 1e3:.2f} ms | {t_mm / t_pc:.2f}x |")
+    print()
+
+
+def sinkhorn_report(rounds=7):
+    """Sinkhorn alone: 100 problems of 64 x 64, 100 iterations (tol 0: no early exit)."""
+    from torch_rerank import _ten
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(100, 64, 64, generator=g) * 0.6 + 0.2
+    a, b = torch.full((100, 64), 1 / 64), torch.full((100, 64), 1 / 64)
+    K = torch.exp(cost / -0.05)
+    step = torch.compile(_ten, dynamic=False)
+
+    def compiled():
+        v = torch.ones(100, 64, 1)
+        for _ in range(10):
+            u, v = step(K, a[..., None], b[..., None], v)
+        return u, v
+    from fastface import _C
+    out = [torch.empty(100), torch.empty(100, dtype=torch.int32), torch.empty(100, dtype=torch.uint8)]
+
+    def kernel():  # the C++ kernel alone: no checks, no potentials (ff.sinkhorn's Python part)
+        _C.sinkhorn_cpu(cost.data_ptr(), a.data_ptr(), b.data_ptr(), 100, 64, 64, 0.05, 100, 0.0, 0, 1, 0,
+                        out[0].data_ptr(), 0, 0, 0, out[1].data_ptr(), out[2].data_ptr(), torch.get_num_threads())
+    with torch.no_grad():
+        compiled()
+        t_ff, t_kernel, t_comp = best_interleaved([lambda: ff.sinkhorn(cost, a, b, tol=0.0, impl="cpu"), kernel, compiled],
+                                                  rounds, clock=cpu_clock())
+        t_twin = timed(lambda: ff.sinkhorn(cost, a, b, tol=0.0, impl="torch"), repeat=3, warmup=1, clock=cpu_clock())
+    flops = 100 * 100 * 2 * 2 * 64 * 64
+    print("Sinkhorn alone: 100 problems of 64 x 64, 100 iterations (tol = 0).\n")
+    print("| implementation | time | GFLOP/s (mat-vecs) | vs fastface |\n|---|---|---|---|")
+    for name, t in (("fastface cpu (ff.sinkhorn, impl='cpu')", t_ff),
+                    ("its C++ kernel alone (fastface._C.sinkhorn_cpu)", t_kernel),
+                    ("pure PyTorch bmm loop under torch.compile (exp and weights excluded)", t_comp),
+                    ("fastface's pure-PyTorch twin (impl='torch')", t_twin)):
+        print(f"| {name} | {t * 1e3:.2f} ms | {flops / t / 1e9:.0f} | {t / t_ff:.2f}x |")
+    print()
 
 
 def faces_report(G=10_000, B=8, k=100, H=8, W=8):
@@ -258,7 +353,13 @@ def gan_models(device, model_path=None):
     return out
 
 
-def best_interleaved(fns, repeat, sync=None, warmup=2):
+def cpu_clock():
+    """The clock of CPU timings: with one thread, the thread's CPU time (the time the call ran, not the
+    time other jobs on a shared machine held the core); with more threads, wall time."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
+def best_interleaved(fns, repeat, sync=None, warmup=2, clock=time.perf_counter):
     """Best (minimum) time of each fn over `repeat` rounds that call them in turn: robust to other jobs
     sharing the cores (they slow both alike within a round; the minimum is the least disturbed call)."""
     for _ in range(warmup):
@@ -269,11 +370,11 @@ def best_interleaved(fns, repeat, sync=None, warmup=2):
         for i, fn in enumerate(fns):
             if sync:
                 sync()
-            t = time.perf_counter()
+            t = clock()
             fn()
             if sync:
                 sync()
-            best[i] = min(best[i], time.perf_counter() - t)
+            best[i] = min(best[i], clock() - t)
     return best
 
 
@@ -311,7 +412,11 @@ if __name__ == "__main__":
     ap.add_argument("--faces", action="store_true", help="only the Faces-layout section")
     ap.add_argument("--gan", action="store_true", help="only GAN sampling: eager vs FusedGenerator, batch 1/64/256")
     ap.add_argument("--gan-model", help="with --gan: also a trained `fastface train gan` model.pt")
+    ap.add_argument("--threads", type=int, help="torch (and fastface kernel) threads; default: torch's")
+    ap.add_argument("--rounds", type=int, default=7, help="CPU report: interleaved timing rounds")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.gan:
         gan_report("cuda" if args.gpu else "cpu", model_path=args.gan_model)
     elif args.faces:
@@ -323,4 +428,4 @@ if __name__ == "__main__":
         impls = ["cuda"] + (["triton"] if ff.backend_info()["triton"] else [])
         gpu_report(impls)
     else:
-        cpu_report()
+        cpu_report(args.rounds)

@@ -44,3 +44,20 @@ def test_patch_cost(benchmark, impl):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(1, 1, 64, 512, generator=g), torch.randn(1, 100, 64, 512, generator=g)
     benchmark(ff.patch_cost, x, y, impl=impl)
+
+
+@pytest.mark.benchmark(group="rerank-1x100-cpu")
+def test_fastest_pure_pytorch(benchmark, data):
+    # bench/torch_rerank.py: one GEMM for the cosines, batched kernel-domain Sinkhorn (eager)
+    from torch_rerank import torch_search
+    gallery, q = data
+    with torch.no_grad():
+        benchmark(torch_search, q.embeddings, q.patches, gallery.embeddings, gallery.patches)
+
+
+@pytest.mark.benchmark(group="cost-100x64x64x512-cpu")
+def test_matmul_floor(benchmark):
+    # torch's matmul of the same product, the floor patch_cost is measured against
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 512, generator=g), torch.randn(6400, 512, generator=g)
+    benchmark(torch.matmul, x, y.T)

@@ -1,10 +1,11 @@
-// Bindings that say what was built and whether the CUDA kernels can run here.
+// Bindings that say what was built, which CPU kernel set runs and whether the CUDA kernels can run here.
 #include <pybind11/stl.h>
 
 #include <string>
 
 #include "bind.h"
 #include "common/cuda_compat.h"
+#include "cpu/dispatch.h"
 #ifdef FASTFACE_WITH_CUDA
 #include "cuda/device.h"
 #endif
@@ -13,6 +14,14 @@ namespace fastface {
 namespace bind {
 
 void register_device(py::module_& mod) {
+  // CPU kernel sets (cpu/dispatch.h): FASTFACE_CPU_ISA=auto|generic|avx2|avx512 picks one per process.
+  mod.def("cpu_isa", &cpu::active_isa, "the CPU kernel set every call runs (ValueError if FASTFACE_CPU_ISA is unusable)");
+  mod.def("cpu_isas_built", &cpu::isas_built);
+  mod.def("cpu_isas_supported", &cpu::isas_supported);
+  mod.def("cpu_has", &cpu::cpu_has, py::arg("feature"));
+  mod.def("cpu_isa_choose", &cpu::choose_isa, py::arg("requested"), py::arg("supported"),
+          "the rule of FASTFACE_CPU_ISA, bound so that it is tested for CPUs other than this one");
+
   // The compatibility rule itself, bound in every build so that it is tested without a GPU.
   mod.def("cuda_compatibility",
           [](int driver_version, int runtime_version, int cc_major, int cc_minor,

@@ -65,11 +65,16 @@ EmdPairsArgs make_emd_pairs_args(uintptr_t x, uintptr_t y, uintptr_t idx, int64_
 void register_emd(py::module_& mod) {
   auto nogil = py::call_guard<py::gil_scoped_release>();
 
+  // nonfinite: a (2,) uint8 buffer the kernel sets where x / y holds a NaN or inf (it reads every
+  // value anyway), so fastface/ops/cost.py needs no separate pass over the inputs.
   mod.def("patch_cost_cpu",
           [](uintptr_t x, uintptr_t y, uintptr_t out, int64_t P, int64_t rep, int64_t n, int64_t m,
-             int64_t C, int dtype, int threads) {
-            cpu::patch_cost(make_patch_cost_args(x, y, out, P, rep, n, m, C, dtype), threads);
-          }, nogil);
+             int64_t C, int dtype, int threads, uintptr_t nonfinite) {
+            PatchCostArgs args = make_patch_cost_args(x, y, out, P, rep, n, m, C, dtype);
+            args.nonfinite = ptr<uint8_t>(nonfinite);
+            cpu::patch_cost(args, threads);
+          }, nogil, py::arg("x"), py::arg("y"), py::arg("out"), py::arg("P"), py::arg("rep"), py::arg("n"),
+          py::arg("m"), py::arg("C"), py::arg("dtype"), py::arg("threads"), py::arg("nonfinite") = 0);
   mod.def("sinkhorn_cpu",
           [](uintptr_t cost, uintptr_t a, uintptr_t b, int64_t P, int64_t n, int64_t m, double eps,
              int max_iter, double tol, int mode, int64_t group, int dtype, uintptr_t distance,

@@ -144,6 +144,22 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def cpu_isa_info() -> dict:
+    """Return the CPU kernel sets: cpu_isa (the one every call runs, None if FASTFACE_CPU_ISA cannot be
+    honoured), cpu_isa_error (why not), cpu_isas_built, cpu_isas_supported (those this CPU runs),
+    cpu_avx512_bf16 (the bf16 dot products of patch_cost)."""
+    if _C is None:
+        return dict(cpu_isa=None, cpu_isa_error=None, cpu_isas_built=[], cpu_isas_supported=[],
+                    cpu_avx512_bf16=False)
+    try:
+        isa, error = _C.cpu_isa(), None
+    except ValueError as exc:
+        isa, error = None, str(exc)
+    return dict(cpu_isa=isa, cpu_isa_error=error, cpu_isas_built=list(_C.cpu_isas_built()),
+                cpu_isas_supported=list(_C.cpu_isas_supported()),
+                cpu_avx512_bf16=bool(_C.cpu_has("avx512_bf16")) and isa == "avx512")
+
+
 def backend_info() -> dict:
     """Return a dict: version, what was compiled, and what is usable now."""
     from . import __version__
@@ -152,6 +168,7 @@ def backend_info() -> dict:
         "cpu": _C is not None,
         "cpu_error": None if _C_ERROR is None else str(_C_ERROR),
         "openmp": bool(build_info and build_info.openmp),
+        **cpu_isa_info(),
         "cuda_built": cuda_built(),
         "cuda_version": build_info.cuda_version if build_info else "",
         "archs": build_info.cuda_archs if build_info else "",

@@ -13,6 +13,11 @@ def cmd_info(args):
     print(f"fastface {info['version']}  (torch {info['torch']}, {info['threads']} CPU threads)")
     print(f"  C++ CPU kernels : {'yes' if info['cpu'] else 'NO (' + str(info['cpu_error']) + ')'}"
           f"{'  [OpenMP]' if info['openmp'] else ''}")
+    if info["cpu"]:
+        path = info["cpu_isa"] or f"none: {info['cpu_isa_error']}"
+        bf16 = ", bf16 dot products" if info["cpu_avx512_bf16"] else ""
+        print(f"  CPU code path   : {path}{bf16} (built: {', '.join(info['cpu_isas_built'])}; this CPU runs: "
+              f"{', '.join(info['cpu_isas_supported'])}; FASTFACE_CPU_ISA picks one)")
     built = f"yes (CUDA {info['cuda_version']}, archs {info['archs']})" if info["cuda_built"] else "no"
     driver = f"; driver for CUDA {info['cuda_driver_version']}" if info["cuda_driver_version"] else ""
     print(f"  CUDA kernels    : built {built}{driver}; usable now: {'yes' if info['cuda_available'] else 'no'}")

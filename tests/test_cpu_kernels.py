@@ -165,3 +165,18 @@ def test_emd_pairs_rejects_an_unknown_weighting_code():
     for code in (-1, 3, 7):
         with pytest.raises(ValueError, match="weighting code must be 0"):
             emd_pairs_cpu(x, x, code, 0.1, 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_one_channel_cosines_are_exact_sign_products(dtype):
+    # C = 1: cos is sign(x) sign(y) exactly (as x / |x| gives it in the twin); a scaled product was
+    # one ulp off, so all-zero SC weights (the uniform fallback) differed between impls.
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(4, 7, 1, generator=g) * 3, torch.randn(4, 6, 1, generator=g) / 3
+    x[:, 2] = 0
+    want = 1 - torch.sign(x) * torch.sign(y).transpose(1, 2)
+    assert torch.equal(ff.patch_cost(x.to(dtype), y.to(dtype), impl="cpu"), want)
+    assert torch.equal(ff.patch_cost(x, y, impl="torch"), want)
+    same = y.abs()[:, :1].expand(4, 5, 1).contiguous()  # every cost 0: SC weights fall back to uniform
+    got = emd_pairs_cpu(same.abs() + 1, y.abs() + 1, SC, 0.1, 10)
+    assert got["fallback"].all()

@@ -44,8 +44,9 @@ struct PatchCostArgs {
   const void* x = nullptr;     // (P / rep, n, C)
   const void* y = nullptr;     // (P, m, C)
   int64_t P = 0, rep = 1, n = 0, m = 0, C = 0;
-  DType in_dtype = DType::F32;
+  DType in_dtype = DType::F32;  // any: F32, F16, BF16 (float32 accumulation) or F64
   void* out = nullptr;         // (P, n, m), float32 (float64 when in_dtype is F64)
+  uint8_t* nonfinite = nullptr;  // (2,) or null (CPU): set to 1 where x / y holds a NaN or inf
 };
 
 // Fused re-rank: for query b and candidate slot j, problem p = b * k + j compares
@@ -55,7 +56,7 @@ struct EmdPairsArgs {
   const void* y = nullptr;       // (G, m, C), or (B * k, m, C) when idx is null
   const int64_t* idx = nullptr;  // (B, k) gallery rows, or null
   int64_t B = 0, k = 0, n = 0, m = 0, C = 0;
-  DType in_dtype = DType::F32;   // CPU: F32 only; CUDA: F32, F16, BF16
+  DType in_dtype = DType::F32;   // F32, F16, BF16 (float32 accumulation)
   Weighting weighting = Weighting::APC;
   double eps = 0.05;
   int max_iter = 100;

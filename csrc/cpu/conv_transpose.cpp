@@ -26,11 +26,12 @@
 #include <sys/mman.h>
 #endif
 
-#include "convt_kernels.h"
+#include "isa.h"
 #include "parallel.h"
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 namespace {
 
@@ -419,5 +420,6 @@ void conv_transpose_chain(const ConvTChainArgs& args, int n_threads) {
   errors.rethrow_first();
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

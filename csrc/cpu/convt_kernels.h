@@ -1,4 +1,5 @@
-// C++ CPU kernels of the fused ConvTranspose2d chains (conv_transpose.cpp).
+// C++ CPU kernels of the fused ConvTranspose2d chains (conv_transpose.cpp), dispatched at run time
+// (cpu/dispatch.cpp, cpu/isa.h).
 // Shapes and semantics: csrc/common/convt_problem.h.
 #pragma once
 #include <cstdint>

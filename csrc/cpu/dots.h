@@ -1,6 +1,7 @@
 // Register-blocked cosines of patch sets (row-major) and their floored norms, used by the cost
 // kernels (patch_cost.cpp, emd_pairs.cpp).
 #pragma once
+#include "isa.h"  // FASTFACE_ISA_NS
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +11,7 @@
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 constexpr int64_t kRowBlock = 4;   // rows of X per micro-kernel
 constexpr int64_t kColBlock = 16;  // columns of D per micro-kernel (two AVX2 float vectors)
@@ -24,12 +26,17 @@ struct DotsWorkspace {
 
 // norms_i = max(||X_i||, kNormFloor) for X (n, C), in double and free of overflow: each row is
 // divided by its largest |x| before squaring (float32 squares overflow from |x| ~ 1.8e19).
+// Returns whether X is finite.
 template <typename T>
-void floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
+bool floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
+  bool finite = true;
   for (int64_t i = 0; i < n; ++i) {
     const T* row = X + i * C;
     double largest = 0;
-    for (int64_t c = 0; c < C; ++c) largest = std::max(largest, std::abs(double(row[c])));
+    for (int64_t c = 0; c < C; ++c) {
+      largest = std::max(largest, std::abs(double(row[c])));
+      finite = finite && std::isfinite(row[c]);
+    }
     double s = 0;
     if (largest > 0) {
       const double inv = 1.0 / largest;
@@ -40,6 +47,7 @@ void floored_norms(const T* X, int64_t n, int64_t C, double* norms) {
     }
     norms[i] = std::max(largest * std::sqrt(s), kNormFloor);
   }
+  return finite;
 }
 
 // D (n, m): cosines D_ij = <X_i / xnorm_i, Y_j / ynorm_j> of X (n, C) and Y (m, C), with the
@@ -80,5 +88,6 @@ void cosines(const T* X, const double* xnorm, const T* Y, const double* ynorm, i
   for (int64_t i = 0; i < n; ++i) std::copy(&ws.d[i * mp], &ws.d[i * mp] + m, D + i * m);
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

@@ -1,4 +1,5 @@
-// C++ CPU kernels of the EMD / Sinkhorn ops (OpenMP over problems).
+// C++ CPU kernels of the EMD / Sinkhorn ops (OpenMP over problems), dispatched at run time to the
+// kernels of the best instruction set (cpu/dispatch.cpp, cpu/isa.h).
 // Shapes and semantics: csrc/common/emd_problem.h.
 #pragma once
 #include "../common/emd_problem.h"

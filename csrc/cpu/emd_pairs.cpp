@@ -2,15 +2,17 @@
 // all in per-thread buffers (the (B, k, n, m) cost is never materialised).
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
-#include "dots.h"
-#include "emd_kernels.h"
+#include "cosine_gemm.h"
+#include "isa.h"
 #include "parallel.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 namespace {
 
@@ -26,69 +28,74 @@ bool normalise(float* w, int64_t len) {
   return false;
 }
 
-// max(||mean of rows||, kNormFloor) of X (len, C), in double (no overflow for float rows).
-double mean_norm(const float* X, int64_t len, int64_t C, std::vector<double>& acc) {
-  acc.assign(C, 0.0);
-  for (int64_t t = 0; t < len; ++t)
-    for (int64_t c = 0; c < C; ++c) acc[c] += X[t * C + c];
-  double s = 0;
-  for (int64_t c = 0; c < C; ++c) s += (acc[c] / len) * (acc[c] / len);
-  return std::max(std::sqrt(s), kNormFloor);
-}
-
 }  // namespace
 
-void emd_pairs(const EmdPairsArgs& args, int n_threads) {
+// In: float, or the bits of float16 / bfloat16 (converted as they are read, float32 thereafter).
+template <typename In>
+static void emd_pairs_impl(const EmdPairsArgs& args, int n_threads) {
   const int64_t B = args.B, k = args.k, n = args.n, m = args.m, C = args.C;
-  if (B == 0 || k == 0) return;
-  if (args.in_dtype != DType::F32) throw std::invalid_argument("emd_pairs (cpu): inputs must be float32");
-  if (args.mode == SinkhornMode::Official) throw std::invalid_argument("emd_pairs: official mode is not fused");
-  const float* x = static_cast<const float*>(args.x);
-  const float* y = static_cast<const float*>(args.y);
+  const In* x = static_cast<const In*>(args.x);
+  const In* y = static_cast<const In*>(args.y);
   const float eps = float(args.eps), tol = float(args.tol);
   ParallelErrors errors;
 #pragma omp parallel num_threads(n_threads)
   {
-    DotsWorkspace<float> dws;
+    // Per-thread buffers (no shared writes but one output slot per pair).
+    gemm::PackedQuery query;
+    gemm::CandidateWork work;
+    simd::Buffer mean_acc, xfloat;
     SinkhornWorkspace<float> sws;
     std::vector<float> cost, wx, wy;
-    std::vector<double> xn, yn, acc, wy_acc;
+    std::vector<double> wy_acc;
     errors.run([&] {
       sws.reserve(n, m);
       cost.resize(n * m);
       wx.resize(n);
       wy.resize(m);
-      xn.resize(n);
-      yn.resize(m);
       wy_acc.resize(m);
     });
     int64_t last_b = -1;
     double x_mean_norm = 1.0;
-#pragma omp for schedule(dynamic, 4)
+    // One (query, candidate) pair per task; a thread packs a query once for its run of candidates.
+#pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < B * k; ++p) {
       if (errors.failed()) continue;
       errors.run([&] {
         const int64_t qb = p / k;
-        const float* X = x + qb * n * C;
-        const float* Y = y + (args.idx ? args.idx[p] : p) * m * C;
+        const In* X = x + qb * n * C;
+        const In* Y = y + (args.idx ? args.idx[p] : p) * m * C;
         if (qb != last_b) {
-          floored_norms(X, n, C, xn.data());
-          if (args.weighting == Weighting::APC) x_mean_norm = mean_norm(X, n, C, acc);
+          gemm::pack_query(X, n, C, query);
+          if (args.weighting == Weighting::APC) {
+            const float* Xf = reinterpret_cast<const float*>(X);
+            if (!std::is_same<In, float>::value) {
+              float* buf = xfloat.get(n * C);
+              gemm::to_float(X, buf, n * C);
+              Xf = buf;
+            }
+            x_mean_norm = gemm::mean_norm(Xf, n, C, query.ex, mean_acc);
+          }
           last_b = qb;
         }
-        floored_norms(Y, m, C, yn.data());
-        cosines(X, xn.data(), Y, yn.data(), n, m, C, dws, cost.data());  // cos_ij
+        gemm::cosines(query, Y, m, work, cost.data());  // cos_ij
+        // Y as float32: the rows themselves, or their conversion cosines() made
+        const float* Yf = std::is_same<In, float>::value ? reinterpret_cast<const float*>(Y) : work.yfloat.p;
+        const std::vector<double>& xn = query.norm;
+        const std::vector<double>& yn = work.norm;
         bool fell_back = false;
         if (args.weighting == Weighting::APC) {
           // <x_i / |x_i|, unit(mean y)> = sum_j |y_j| cos_ij / (m |mean y|), and symmetrically
           // (with the floored norms; in double, so rows near the float range stay finite).
-          const double y_mean_norm = mean_norm(Y, m, C, acc);
+          const double y_mean_norm = gemm::mean_norm(Yf, m, C, work.ex, mean_acc);
           std::fill(wy_acc.begin(), wy_acc.end(), 0.0);
           for (int64_t i = 0; i < n; ++i) {
             double s = 0;
+            const double xi = xn[i];
+            const float* ci = cost.data() + i * m;
+#pragma omp simd reduction(+ : s)
             for (int64_t j = 0; j < m; ++j) {
-              s += yn[j] * cost[i * m + j];
-              wy_acc[j] += xn[i] * cost[i * m + j];
+              s += yn[j] * ci[j];
+              wy_acc[j] += xi * ci[j];
             }
             wx[i] = std::max(0.0f, float(s / (double(m) * y_mean_norm)));
           }
@@ -128,5 +135,17 @@ void emd_pairs(const EmdPairsArgs& args, int n_threads) {
   errors.rethrow_first();
 }
 
+void emd_pairs(const EmdPairsArgs& args, int n_threads) {
+  if (args.B == 0 || args.k == 0) return;
+  if (args.mode == SinkhornMode::Official) throw std::invalid_argument("emd_pairs: official mode is not fused");
+  switch (args.in_dtype) {
+    case DType::F32: return emd_pairs_impl<float>(args, n_threads);
+    case DType::F16: return emd_pairs_impl<gemm::F16>(args, n_threads);
+    case DType::BF16: return emd_pairs_impl<gemm::Bf16>(args, n_threads);
+    default: throw std::invalid_argument("emd_pairs (cpu): inputs must be float32, float16 or bfloat16");
+  }
+}
+
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

@@ -3,11 +3,13 @@
 // ParallelErrors::run and the calling thread rethrows the first exception after the region,
 // so Python sees MemoryError / ValueError / RuntimeError.
 #pragma once
+#include "isa.h"  // FASTFACE_ISA_NS
 #include <atomic>
 #include <exception>
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 class ParallelErrors {
  public:
@@ -40,5 +42,6 @@ class ParallelErrors {
   std::atomic<bool> failed_{false};
 };
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

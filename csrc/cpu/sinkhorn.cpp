@@ -2,12 +2,13 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "emd_kernels.h"
+#include "isa.h"
 #include "parallel.h"
 #include "sinkhorn_core.h"
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 // Official DeepFace-EMD numerics: the problems of a group iterate together and stop together.
 template <typename T>
@@ -112,5 +113,6 @@ void sinkhorn(const SinkhornArgs& args, int n_threads) {
   throw std::invalid_argument("sinkhorn (cpu): dtype must be float32 or float64");
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

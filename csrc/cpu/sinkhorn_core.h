@@ -1,20 +1,25 @@
 // One Sinkhorn problem on the CPU (per-thread workspace); used by sinkhorn.cpp and emd_pairs.cpp.
 // Semantics: fastface/reference/sinkhorn.py.
 #pragma once
+#include "isa.h"  // FASTFACE_ISA_NS
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/emd_problem.h"
+#include "sinkhorn_f32.h"
 
 namespace fastface {
 namespace cpu {
+namespace FASTFACE_ISA_NS {
 
 template <typename T>
 struct SinkhornWorkspace {
   std::vector<T> K, u, v, Kv, KTu, alpha, beta, row_lse;
+  sinkhorn_f32::Buffers fast;  // the vectorised float32 kernel domain (sinkhorn_f32.h)
   void reserve(int64_t n, int64_t m) {
     K.resize(n * m); u.resize(n); v.resize(m); Kv.resize(n); KTu.resize(m);
     alpha.resize(n); beta.resize(m); row_lse.resize(n);
@@ -164,6 +169,14 @@ inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* 
                                                SinkhornMode mode, SinkhornWorkspace<T>& ws,
                                                T* plan, T* f_out, T* g_out) {
   SinkhornSolution res;
+  if constexpr (std::is_same<T, float>::value) {
+    if (mode != SinkhornMode::Log && n > 0 && m > 0) {
+      if (sinkhorn_f32::solve(C, a, b, n, m, eps, max_iter, tol, mode, ws.fast, res.distance, res.n_iter,
+                              res.converged, plan, f_out, g_out) == sinkhorn_f32::Status::Solved)
+        return res;
+      mode = SinkhornMode::Log;  // Auto mode, and the problem needs the log domain
+    }
+  }
   const T max_cr = reduce_cost(C, n, m, ws);
   bool use_log = mode == SinkhornMode::Log ||
                  (mode == SinkhornMode::Auto && max_cr / eps > T(kLogDomainThreshold));
@@ -209,5 +222,6 @@ inline SinkhornSolution solve_sinkhorn_problem(const T* C, const T* a, const T* 
   return res;
 }
 
+}  // namespace FASTFACE_ISA_NS
 }  // namespace cpu
 }  // namespace fastface

@@ -4,7 +4,7 @@ import math
 import torch
 
 from .. import _backend as be
-from .._checks import check_bool, check_patch_pair
+from .._checks import check_all_finite, check_bool, check_patch_pair
 from ..reference import patch_cost_ref
 
 
@@ -37,16 +37,22 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
     Accumulates in float32 (float64 for float64 inputs); zero-norm patches have cost 1.
     Differentiable (through the pure-PyTorch twin when gradients are needed).
     """
-    check_patch_pair(x, y, finite=check_bool("check_finite", check_finite), empty_sets=True)
+    check_finite = check_bool("check_finite", check_finite)
+    check_patch_pair(x, y, finite=False, empty_sets=True)
     impl = be.resolve_impl(impl, x.device)
+    # The C++ CPU kernel reads every value anyway: it reports NaN / inf, and no separate pass is needed.
+    fused_check = check_finite and impl == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
+    if check_finite and not fused_check:
+        check_all_finite("x", x)
+        check_all_finite("y", y)
     if impl == "torch" or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
         return patch_cost_ref(x, y)
     xf, yf, rep, batch = flatten_pairs(x, y)
     n, m, C = xf.shape[1], yf.shape[1], xf.shape[2]
     P = yf.shape[0]
     out_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
-    if impl == "cpu" or out_dtype == torch.float64:
-        xf, yf = xf.to(out_dtype), yf.to(out_dtype)
+    if out_dtype == torch.float64 or (impl == "cpu" and xf.dtype != yf.dtype):
+        xf, yf = xf.to(out_dtype), yf.to(out_dtype)  # the CPU kernel reads float16 / bfloat16 as they are
     elif xf.dtype != yf.dtype:
         xf, yf = xf.float(), yf.float()
     if impl == "triton" and out_dtype == torch.float32:
@@ -57,10 +63,17 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
         if impl == "torch":
             return patch_cost_ref(x, y)
     out = torch.empty(P, n, m, dtype=out_dtype, device=x.device)
+    if fused_check and not (P and n and m):  # the kernel does not run: nothing reads the inputs
+        check_all_finite("x", x)
+        check_all_finite("y", y)
     if P and n and m:
         args = (be.ptr(xf), be.ptr(yf), be.ptr(out), P, rep, n, m, C, be.DTYPE_CODES[xf.dtype])
         if impl == "cpu":
-            be._C.patch_cost_cpu(*args, be.threads())
+            nonfinite = torch.zeros(2, dtype=torch.uint8)
+            be._C.patch_cost_cpu(*args, be.threads(), be.ptr(nonfinite) if fused_check else 0)
+            for name, flag in zip(("x", "y"), nonfinite.tolist()):
+                if flag:
+                    raise ValueError(f"{name} contains NaN or inf")
         else:
             with torch.cuda.device(x.device):
                 be._C.patch_cost_cuda(*args, be.stream_of(x.device))

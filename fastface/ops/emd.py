@@ -32,8 +32,6 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     n, m = x.shape[-2], y.shape[-2]
     if not grad and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, x.dtype, n, m, x.device):
         xf, yf, rep, batch = flatten_pairs(x, y)
-        if impl == "cpu":
-            xf, yf = xf.float(), yf.float()
         out = emd_pairs(xf, yf, None, weighting, eps, max_iter, tol, MODES[mode], return_plan, impl)
         if not return_plan:
             return out["emd"].reshape(batch)

@@ -253,7 +253,7 @@ def emd_rerank(query, gallery, *, k=100, alpha=0.7, weighting="apc", eps=0.05, m
         mode_eff = "official" if official else mode
         acc = accumulation_dtype(xq, g.patches)   # float64 if either is: no fused kernel
         if not official and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, acc, n, m, q.device):
-            dt = torch.float32 if impl == "cpu" else (xq.dtype if xq.dtype == g.patches.dtype else torch.float32)
+            dt = xq.dtype if xq.dtype == g.patches.dtype else torch.float32   # half galleries read as they are
             xq = xq.to(dt).contiguous()
             gp = g.patches
             if gp.dtype == dt and gp.is_contiguous():
