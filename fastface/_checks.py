@@ -52,6 +52,17 @@ def check_same_device(**tensors):
         raise ValueError(f"all tensors must be on one device, got {listing}")
 
 
+def check_image_batch(name, images, channels, size, owner):
+    """Raise unless images is a float (B, channels, size, size) tensor (owner names the model in the message)."""
+    want = f"(B, {channels}, {size}, {size})"
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor {want}, got "
+                        f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if images.dim() != 4 or tuple(images.shape[1:]) != (channels, size, size):
+        raise ValueError(f"{name} must be {want} for {owner} (channels={channels}, image_size={size}), "
+                         f"got {tuple(images.shape)}")
+
+
 def check_number(name, value, *, lo=None, lo_inclusive=True, hi=None):
     """Check that value is a real number (not a bool or a string), finite, within [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

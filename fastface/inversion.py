@@ -144,19 +144,6 @@ def _recorded_generator(model_path):
     return (tc or {}).get("generator") or None
 
 
-def _image_files(root):
-    import os
-
-    from .data.folder import IMAGE_EXTENSIONS
-    if not os.path.isdir(root):
-        raise ValueError(f"images: {root!r} is not a directory")
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-        raise ValueError(f"images: {root!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return files
-
-
 def invert_folder(model, images, out, *, refine=0, generator=None, device="cpu", batch_size=64,
                   perceptual="auto", perceptual_weight=1.0, lr=0.01):
     """`fastface invert`: invert every image file under `images` (resized to the generator's size) with the
@@ -168,7 +155,7 @@ def invert_folder(model, images, out, *, refine=0, generator=None, device="cpu",
 
     import numpy as np
 
-    from .data.folder import read_image
+    from .data.folder import list_images, read_image
     from .models.serialization import load
     from .train.inversion import load_generator
     from .viz.flows import save_png
@@ -183,7 +170,7 @@ def invert_folder(model, images, out, *, refine=0, generator=None, device="cpu",
     gen = load_generator(generator, device, "generator")
     from .models.inversion import check_pair
     check_pair(encoder, gen, "model", "generator")
-    files = _image_files(images)
+    files = list_images(images, "images")
     cfg = gen.cfg
     x = torch.stack([read_image(f, cfg.image_size, cfg.channels) for f in files]).to(device) * 2.0 - 1.0
     features = None

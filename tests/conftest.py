@@ -68,6 +68,16 @@ def random_problem(gen, P, n, m, dtype=torch.float64, zero_weight=False, scale=2
     return cost.to(dtype), a.to(dtype), b.to(dtype)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on several fighting over a busy machine's cores
+    (a module uses it with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _oracles_in_full_fp32(request):
     """Test oracles (eager modules, matmuls written in the tests) in IEEE float32: cuDNN allows TF32

@@ -16,12 +16,7 @@ TINY = dict(n_identities=5, image_size=16, width=4, branch_width=8, feature_dim=
 GROUPS = ("encoder", "branch_t", "classifier_t", "branch_p", "classifier_p", "decoder")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed=0, **kw):

@@ -19,13 +19,7 @@ from fastface.train.inversion import InversionTrainConfig, train_inversion
 from fastface.train.loop import read_log
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster than several fighting over a busy machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator(latent_dim=8, image_size=16, seed=0):

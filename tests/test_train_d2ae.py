@@ -15,12 +15,7 @@ TINY = dict(n_identities=4, images_per_identity=4, image_size=16, width=4, branc
             decoder_width=16, batch_size=4, epochs=2, checkpoint_every=3, n_samples=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data(n=16, size=16, seed=0):

@@ -37,6 +37,26 @@ class UnreadableImage(ValueError):
     """A file that is not a decodable image (corrupt, truncated, not an image)."""
 
 
+def list_images(images, name="images"):
+    """Photo paths: a file, a folder (searched recursively, sorted) or a list of paths."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError(f"{name}: an empty list of photos")
+        return [os.fspath(p) for p in images]
+    if not isinstance(images, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a photo, a folder of photos or a list of paths, got {type(images).__name__}")
+    images = os.fspath(images)
+    if os.path.isfile(images):
+        return [images]
+    if not os.path.isdir(images):
+        raise ValueError(f"{name}: {images!r} is neither a photo nor a folder")
+    out = sorted(os.path.join(r, f) for r, _, files in os.walk(images) for f in files
+                 if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not out:
+        raise ValueError(f"{name}: {images!r} holds no photos ({', '.join(IMAGE_EXTENSIONS)})")
+    return out
+
+
 def open_image(path, mode="RGB"):
     """Decode path as a PIL image in mode ("RGB" or "L") with its EXIF orientation applied (a
     phone photo stored sideways comes out upright). Raises UnreadableImage naming the file."""

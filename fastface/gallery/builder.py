@@ -9,28 +9,28 @@ import os
 
 import torch
 
-from ..data.folder import IMAGE_EXTENSIONS, scan_image_folder
+from ..data.folder import scan_image_folder
 from . import manifest as mf
 
 
-def list_images(images, name="images"):
-    """Photo paths: a file, a folder (searched recursively, sorted) or a list of paths."""
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise ValueError(f"{name} is an empty list of photos")
-        return [os.fspath(p) for p in images]
-    if not isinstance(images, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a photo, a folder of photos or a list of paths, got {type(images).__name__}")
+def gallery_photos(images, csv=None):
+    """(folder, photo paths, identity names) of a build: DIR/<identity>/<image>, or a flat folder with csv."""
+    if not isinstance(images, (str, os.PathLike)) or not os.path.isdir(images):
+        raise ValueError(f"images must be a folder of photos, got {images!r}")
     images = os.fspath(images)
-    if os.path.isfile(images):
-        return [images]
-    if not os.path.isdir(images):
-        raise ValueError(f"{name} {images!r} is neither a photo nor a folder")
-    out = sorted(os.path.join(r, f) for r, _, files in os.walk(images) for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not out:
-        raise ValueError(f"{name} {images!r} holds no photos ({', '.join(IMAGE_EXTENSIONS)})")
-    return out
+    if csv is not None:
+        return (images, *read_identity_csv(csv, images))
+    paths, labels, folders = scan_image_folder(images)
+    return images, paths, [folders[i] for i in labels]
+
+
+def check_grid(enc, grid):
+    """The patch grid of a build: the backbone's (None), or a divisor of it (pooled)."""
+    from .._checks import check_int
+    grid = enc.grid if grid is None else check_int("grid", grid)
+    if enc.grid % grid:
+        raise ValueError(f"grid {grid} does not divide backbone {enc.name}'s {enc.grid}x{enc.grid} patch map")
+    return grid
 
 
 def read_identity_csv(csv_path, images):
@@ -138,18 +138,9 @@ def build_gallery(out, images, backbone, *, csv=None, grid=None, index="flat", p
     check_index_spec(index, **index_options)
     if pca is not None:
         check_int("pca", pca)
-    if not isinstance(images, (str, os.PathLike)) or not os.path.isdir(images):
-        raise ValueError(f"images must be a folder of photos, got {images!r}")
-    images = os.fspath(images)
-    if csv is not None:
-        paths, names = read_identity_csv(csv, images)
-    else:
-        paths, labels, folders = scan_image_folder(images)
-        names = [folders[i] for i in labels]
+    images, paths, names = gallery_photos(images, csv)
     enc = load_encoder(backbone, device, align)
-    grid = enc.grid if grid is None else check_int("grid", grid)
-    if enc.grid % grid:
-        raise ValueError(f"grid {grid} does not divide backbone {enc.name}'s {enc.grid}x{enc.grid} patch map")
+    grid = check_grid(enc, grid)
     if pca is not None and pca > enc.map_channels:
         raise ValueError(f"pca must be <= the backbone's {enc.map_channels} channels, got {pca}")
     digest = weights_sha256(backbone)
@@ -199,11 +190,7 @@ def add_photos(g, images, *, csv=None, batch_size=64, workers=0, device="cpu", a
                progress=True, chunk=256):
     """Add photos (DIR/<identity>/<image>, or a flat folder with csv) to gallery g in ONE commit: a
     killed add leaves g as it was. Returns dict(added, unreadable, no_face)."""
-    if csv is not None:
-        paths, names = read_identity_csv(csv, os.fspath(images))
-    else:
-        paths, labels, folders = scan_image_folder(images)
-        names = [folders[i] for i in labels]
+    _, paths, names = gallery_photos(images, csv)
     backbone = g.manifest["backbone"]
     enc = g.encoder(device, align)
     grid = g.manifest["grid"][0]

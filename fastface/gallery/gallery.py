@@ -402,7 +402,8 @@ class Gallery:
     def encode_images(self, images, *, device="cpu", align="none", batch_size=64, progress=False):
         """Faces of photos (a folder, searched recursively, or a list of paths) with the gallery's backbone
         and grid; returns (Faces, paths of the faces found, unreadable paths, photos without a face)."""
-        from .builder import encode_paths, list_images
+        from ..data.folder import list_images
+        from .builder import encode_paths
         paths = list_images(images, "images")
         enc = self.encoder(device, align)
         out = encode_paths(enc, paths, self.manifest["grid"][0], batch_size=batch_size, progress=progress)

@@ -124,27 +124,17 @@ def ray_build(out, images, backbone, *, csv=None, grid=None, index="flat", pca=N
     ray = _ray()
     from .._checks import check_int
     from ..backbones.encoders import check_backbone_spec
-    from ..data.folder import scan_image_folder
-    from .builder import read_identity_csv
+    from .builder import check_grid, gallery_photos
     from .fingerprint import weights_sha256
     check_backbone_spec(backbone)
     batch_size = check_int("batch_size", batch_size)
     num_encoders = check_int("num_encoders", num_encoders)
-    if not isinstance(images, (str, os.PathLike)) or not os.path.isdir(images):
-        raise ValueError(f"images must be a folder of photos, got {images!r}")
+    images, paths, names = gallery_photos(images, csv)
     if os.path.exists(out):
         raise ValueError(f"out {os.fspath(out)!r} exists; a Ray build writes a new gallery")
-    images = os.fspath(images)
-    if csv is not None:
-        paths, names = read_identity_csv(csv, images)
-    else:
-        paths, labels, folders = scan_image_folder(images)
-        names = [folders[i] for i in labels]
     from ..backbones import load_encoder
     enc = load_encoder(backbone, "cpu", align)
-    grid = enc.grid if grid is None else check_int("grid", grid)
-    if enc.grid % grid:
-        raise ValueError(f"grid {grid} does not divide backbone {enc.name}'s {enc.grid}x{enc.grid} patch map")
+    grid = check_grid(enc, grid)
     shards = os.fspath(shards or os.fspath(out) + ".shards")
     os.makedirs(shards, exist_ok=True)
     if not ray.is_initialized():
@@ -197,7 +187,7 @@ def ray_search(gallery, images, *, k=100, alpha=0.7, weighting="apc", threshold=
     job; returns one SearchResults.record per face found, in photo order."""
     ray = _ray()
     from .._checks import check_int
-    from .builder import list_images
+    from ..data.folder import list_images
     from .gallery import Gallery
     g = Gallery.load(gallery, verify="full")
     g.encoder("cpu", align)                        # checks the backbone's weights before any job starts

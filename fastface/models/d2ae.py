@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .._arch import ArchConfig
+from .._checks import check_image_batch
 from .inversion import BasicBlock
 
 
@@ -176,13 +177,7 @@ class D2AE(nn.Module):
     # ---- public API
     def check_images(self, images, name="images"):
         """Raise unless images is a float (B, channels, image_size, image_size) tensor for this model."""
-        want = (self.cfg.channels, self.cfg.image_size, self.cfg.image_size)
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor (B, {', '.join(map(str, want))}), got "
-                            f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
-        if images.dim() != 4 or tuple(images.shape[1:]) != want:
-            raise ValueError(f"{name} must be (B, {', '.join(map(str, want))}) for this model (channels="
-                             f"{want[0]}, image_size={want[1]}), got {tuple(images.shape)}")
+        check_image_batch(name, images, self.cfg.channels, self.cfg.image_size, "this model")
 
     def check_features(self, f, name):
         if not isinstance(f, torch.Tensor) or not f.is_floating_point():

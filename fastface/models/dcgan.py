@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._arch import ArchConfig
+from .._checks import check_image_batch
 
 
 @dataclass
@@ -120,13 +121,7 @@ class Discriminator(nn.Module):
 
 def check_images(name, images, cfg):
     """Raise unless images is a float (B, channels, image_size, image_size) tensor for this GAN."""
-    want = (cfg.channels, cfg.image_size, cfg.image_size)
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor (B, {', '.join(map(str, want))}), got "
-                        f"{type(images).__name__ if not isinstance(images, torch.Tensor) else images.dtype}")
-    if images.dim() != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"{name} must be (B, {', '.join(map(str, want))}) for this generator, got "
-                         f"{tuple(images.shape)}")
+    check_image_batch(name, images, cfg.channels, cfg.image_size, "this generator")
 
 
 def build_generator(config):
