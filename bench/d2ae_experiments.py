@@ -5,6 +5,7 @@ Fig. 8 Gaussianity statistic, Fig. 4 t-SNE and the editing figures (Fig. 9-10 st
     python bench/d2ae_experiments.py train --out runs/d2ae        # 5 runs at once, 1 thread each, nice'd
     python bench/d2ae_experiments.py eval --out runs/d2ae         # tables -> runs/d2ae/results.{json,md}
     python bench/d2ae_experiments.py figures --out runs/d2ae --figures docs/figures
+    (--size 64: the 64 px set-up; --runs strong_adversary strong_confusion: the stronger-adversary runs)
 
 Rerunning `train` resumes unfinished runs (the shared loop's last.pt) and skips finished ones.
 """
@@ -15,10 +16,16 @@ import subprocess
 import sys
 import time
 
-# the SynthFaces set-up of every run: small enough for ~10 CPU-minutes a run on one thread
-COMMON = {"n_identities": 300, "images_per_identity": 8, "image_size": 32, "width": 16, "branch_width": 64,
-          "decoder_width": 64, "feature_dim": 256, "batch_size": 64, "lr": 1e-3, "sample_every": 500,
-          "checkpoint_every": 250, "epochs": 30}
+# the SynthFaces set-up of every run, per image size: 32 px ~10 CPU-minutes a run on one thread, 64 px ~35
+SIZES = {
+    32: {"n_identities": 300, "images_per_identity": 8, "image_size": 32, "width": 16, "branch_width": 64,
+         "decoder_width": 64, "feature_dim": 256, "batch_size": 64, "lr": 1e-3, "sample_every": 500,
+         "checkpoint_every": 250, "epochs": 30},
+    64: {"n_identities": 300, "images_per_identity": 8, "image_size": 64, "width": 16, "branch_width": 64,
+         "decoder_width": 64, "feature_dim": 256, "batch_size": 64, "lr": 1e-3, "sample_every": 500,
+         "checkpoint_every": 250, "epochs": 30},
+}
+COMMON = SIZES[32]
 STEPS = 1500                                    # a cap: 30 epochs of 37 batches end at step 1110
 RUNS = {
     "full": {},
@@ -26,7 +33,17 @@ RUNS = {
     "no_confusion": {"confusion": False},       # w/o L_H
     "no_adversary": {"adversary": False},       # w/o L_I^adv (L_H then updates the P classifier)
     "no_augment": {"augment": False},           # w/o statistical augmentation
+    # beyond the paper (--runs): the adversary at 10x the learning rate; and also L_H at 10x the weight
+    "strong_adversary": {"adversary_lr_scale": 10},
+    "strong_confusion": {"adversary_lr_scale": 10, "lambda_p": 1.0},
 }
+DEFAULT_RUNS = ["full", "baseline", "no_confusion", "no_adversary", "no_augment"]
+
+
+def use_size(size):
+    """Make SIZES[size] the set-up of every run (train, eval and figures)."""
+    global COMMON
+    COMMON = SIZES[size]
 
 
 def _value(v):
@@ -185,9 +202,7 @@ def report(out):
     lines += ["", "**Table 2** (verification: baseline vs D2AE and the ablations; f_T and [f_T, f_P])", "",
               "| model | steps | f_T acc % | f_T TPR % | [f_T,f_P] acc % | [f_T,f_P] TPR % | f_P probe % | "
               "train acc_t % | train acc_p % | PSNR dB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for run in RUNS:
-        if run not in runs:
-            continue
+    for run in runs:
         r, ts = runs[run], train_stats(out, run)
         tp = r["verification"].get("tp")
         lines.append(f"| {run} | {r['step']} | {pct(r['verification']['t']['accuracy'])} | "
@@ -333,11 +348,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("job", choices=["train", "eval", "figures"])
     ap.add_argument("--out", default="runs/d2ae")
-    ap.add_argument("--runs", nargs="*", default=list(RUNS))
+    ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, choices=list(RUNS))
+    ap.add_argument("--size", type=int, default=32, choices=sorted(SIZES), help="image size of the set-up")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--figures", default="docs/figures")
     ap.add_argument("--partial", action="store_true", help="eval: runs without model.pt use their last.pt")
     args = ap.parse_args(argv)
+    use_size(args.size)
     if args.job == "train":
         train(args.out, args.runs, args.steps)
     elif args.job == "eval":

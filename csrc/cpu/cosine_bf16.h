@@ -5,6 +5,7 @@
 #if defined(__AVX512F__) && defined(FASTFACE_HAVE_AVX512_BF16)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "cosine_gemm.h"
@@ -50,7 +51,7 @@ inline void pack_query(const Bf16* X, int64_t n, int64_t C, PackedQuery& q) {  /
     gemm::to_float(X + i * C, row, C);
     int e;
     q.finite = gemm::row_norm(row, C, q.norm[i], e) && q.finite;
-    gemm::scale_row(row, row, C, e);
+    if (e != 0) gemm::scale_row(row, row, C, e);
     for (int64_t c = 0; c < C; ++c) {  // bf16 times a power of two is a bf16: truncation is exact
       uint32_t b;
       const float v = row[c];
@@ -97,6 +98,20 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void rows_times_pa
   }
 }
 
+// The largest |v| of a bf16 row as its bits (sign cleared), 32 lanes at a time.
+__attribute__((target("avx512f,avx512bw"))) inline uint16_t largest_magnitude_bits(const uint16_t* row, int64_t C) {
+  const __m512i mask = _mm512_set1_epi16(0x7fff);
+  __m512i big = _mm512_setzero_si512();
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) big = _mm512_max_epu16(big, _mm512_and_si512(_mm512_loadu_si512(row + c), mask));
+  const __m256i h = _mm256_max_epu16(_mm512_castsi512_si256(big), _mm512_extracti64x4_epi64(big, 1));
+  const __m128i q = _mm_max_epu16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  // the max of 8 lanes: the min (phminposuw) of their complements
+  uint16_t largest = uint16_t(~_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(q, _mm_set1_epi16(-1)))));
+  for (; c < C; ++c) largest = std::max<uint16_t>(largest, row[c] & 0x7fffu);
+  return largest;
+}
+
 // D (n, m) as gemm::cosines; false (nothing written) when a row of Y is beyond 2^+-60, where raw
 // products could overflow: the caller then takes the float32 path.
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline bool cosines(
@@ -110,8 +125,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline bool cosines(
     // The largest |y| from the bits (exponent field), then |y|^2 with the dot products themselves:
     // exact products, float32 sums, no overflow or underflow inside 2^+-60.
     const uint16_t* row = y + j * C;
-    uint16_t largest = 0;
-    for (int64_t c = 0; c < C; ++c) largest = std::max<uint16_t>(largest, row[c] & 0x7fffu);
+    uint16_t largest = largest_magnitude_bits(row, C);
     if (largest >= 0x7f80u) w.finite = false;  // inf or NaN: flagged, and the float32 path runs
     const int e = int(largest >> 7) - 126;     // largest < 2^e
     if (largest != 0 && (e <= -60 || e >= 60 || largest >= 0x7f80u)) return false;

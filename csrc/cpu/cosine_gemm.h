@@ -62,11 +62,36 @@ inline void to_float(const F16* src, float* dst, int64_t len) {
   }
 }
 
-// norm = max(||row||, kNormFloor) in double, and e with max|row| = f * 2^e, f in [0.5, 1) (0 for a
-// zero row); free of overflow and underflow for every finite float row. Returns whether the row is
-// finite (0 * v is NaN exactly for a NaN or inf v). One pass over the row when max|row| lies within
-// 2^+-60 (squares neither overflow nor lose anything that matters), a second, scaled one otherwise.
+// The sum of squares of a row in float (NaN or inf when the row has a NaN or inf, or overflows).
+inline float sum_of_squares(const float* row, int64_t C) {
+  vf sq0 = vf{}, sq1 = vf{};
+  int64_t c = 0;
+  for (; c + 2 * kLanes <= C; c += 2 * kLanes) {
+    const vf v0 = simd::load(row + c), v1 = simd::load(row + c + kLanes);
+    sq0 += v0 * v0;
+    sq1 += v1 * v1;
+  }
+  for (; c + kLanes <= C; c += kLanes) {
+    const vf v = simd::load(row + c);
+    sq0 += v * v;
+  }
+  float s = simd::hsum(sq0 + sq1);
+  for (; c < C; ++c) s += row[c] * row[c];
+  return s;
+}
+
+// norm = max(||row||, kNormFloor) in double, and an exponent e such that the row scaled by 2^-e
+// (exact) is safe in raw float dot products: e = 0 for rows of sum of squares within 2^+-40 (the
+// common case, one multiply-add per element), else max|row| = f * 2^e, f in [0.5, 1) (0 for a zero
+// row). Free of overflow and underflow for every finite float row. Returns whether the row is
+// finite (0 * v is NaN exactly for a NaN or inf v).
 inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
+  const float fast = sum_of_squares(row, C);
+  if (fast >= 0x1p-40f && fast <= 0x1p40f) {  // false for NaN and inf
+    e = 0;
+    norm = std::max(std::sqrt(double(fast)), kNormFloor);
+    return true;
+  }
   vf big0 = vf{}, big1 = vf{}, sq0 = vf{}, sq1 = vf{}, zero = vf{};
   int64_t c = 0;
   for (; c + 2 * kLanes <= C; c += 2 * kLanes) {

@@ -4,13 +4,14 @@ import math
 import torch
 
 from .. import _backend as be
-from .._checks import check_all_finite, check_bool, check_patch_pair
+from .._checks import broadcast_shape, check_all_finite, check_bool, check_patch_pair
 from ..reference import patch_cost_ref
 
 
-def flatten_pairs(x, y):
-    """Return (xf (P // rep, n, C), yf (P, m, C), rep, batch) for broadcastable x (..., n, C), y (..., m, C)."""
-    batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+def flatten_pairs(x, y, batch=None):
+    """Return (xf (P // rep, n, C), yf (P, m, C), rep, batch) for broadcastable x (..., n, C), y (..., m, C);
+    batch: their broadcast batch shape when the caller has it already (check_patch_pair returns it)."""
+    batch = broadcast_shape(x.shape[:-2], y.shape[:-2]) if batch is None else batch
     n, m, C = x.shape[-2], y.shape[-2], x.shape[-1]
     y = y.expand(*batch, m, C)
     # x broadcast over trailing batch dims of y (the (B, 1, n, C) vs (B, k, m, C) case) needs no copy.
@@ -38,7 +39,7 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
     Differentiable (through the pure-PyTorch twin when gradients are needed).
     """
     check_finite = check_bool("check_finite", check_finite)
-    check_patch_pair(x, y, finite=False, empty_sets=True)
+    batch = check_patch_pair(x, y, finite=False, empty_sets=True)
     impl = be.resolve_impl(impl, x.device)
     # The C++ CPU kernel reads every value anyway: it reports NaN / inf, and no separate pass is needed.
     fused_check = check_finite and impl == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
@@ -47,7 +48,7 @@ def patch_cost(x, y, *, impl="auto", check_finite=True):
         check_all_finite("y", y)
     if impl == "torch" or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
         return patch_cost_ref(x, y)
-    xf, yf, rep, batch = flatten_pairs(x, y)
+    xf, yf, rep, batch = flatten_pairs(x, y, batch)
     n, m, C = xf.shape[1], yf.shape[1], xf.shape[2]
     P = yf.shape[0]
     out_dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32

@@ -45,6 +45,7 @@ class D2AETrainConfig(TrainConfig):
     lambda_x: float = 1.0             # per-pixel mean of 1/2 |x - x_hat|^2 (= the paper's 1.81e-5 on a sum)
     optimizer: str = "adam"           # adam or sgd (the paper: SGD, momentum 0.9, lr 0.01)
     lr: float = 1e-3
+    adversary_lr_scale: float = 1.0   # the P classifier (the adversary) learns at lr x this: a faster adversary
     momentum: float = 0.9             # sgd
     weight_decay: float = 0.0
     n_samples: int = 8                # sample_every: faces in each reconstruction grid
@@ -57,6 +58,8 @@ class D2AETrainConfig(TrainConfig):
         self.arch_config(1)           # validates the architecture fields
         self.loss_config()
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.adversary_lr_scale > 0:
+            raise ValueError(f"adversary_lr_scale must be > 0, got {self.adversary_lr_scale!r}")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"lr must be > 0, weight_decay >= 0 and momentum in [0, 1), got lr={self.lr!r}, "
                              f"weight_decay={self.weight_decay!r}, momentum={self.momentum!r}")
@@ -155,11 +158,15 @@ class D2AETrainer(Trainer):
         self.losses = cfg.loss_config()
         self.model = D2AE(self.arch).to(dev)
         self.modules = {"model": self.model}
+        params = self.model.parameters()
+        if cfg.adversary_lr_scale != 1 and self.arch.p_branch:   # the adversary in its own group
+            adversary = {id(p) for p in self.model.classifier_p.parameters()}
+            params = [{"params": [p for p in self.model.parameters() if id(p) not in adversary]},
+                      {"params": list(self.model.classifier_p.parameters()), "lr": cfg.lr * cfg.adversary_lr_scale}]
         if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.optimizers = {cfg.optimizer: opt}
         self.objective = self.run.ddp(D2AEObjective(self.model, self.losses))   # DDP wraps the whole objective
         # fixed faces of the reconstruction grids: evenly spread over the training set
