@@ -274,3 +274,25 @@ def test_full_fp32_sets_ieee_inside_and_restores():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_broadcast_shape_is_torchs():
+    # The pure-Python broadcast of every kernel call agrees with torch.broadcast_shapes, errors included.
+    import itertools
+    import random
+
+    from fastface._checks import broadcast_shape, check_broadcast
+    r = random.Random(0)
+    for _ in range(500):
+        shapes = [tuple(r.choice([0, 1, 1, 2, 3]) for _ in range(r.randint(0, 3))) for _ in range(r.randint(1, 3))]
+        try:
+            want = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            want = None
+        assert broadcast_shape(*shapes) == want, shapes
+    assert broadcast_shape() == torch.Size([])
+    for a, b in itertools.product([(2, 3), (3, 2)], repeat=2):
+        if a != b:
+            with pytest.raises(ValueError, match=r"batch dims must broadcast, got x \(2, 3\), y \(3, 2\)|"
+                                                 r"got x \(3, 2\), y \(2, 3\)"):
+                check_broadcast(x=a, y=b)

@@ -149,6 +149,21 @@ def test_fused_emd_is_scale_invariant_near_float_max(weighting, scale):
         torch.testing.assert_close(got["flows"], ref["flows"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patch_cost_across_the_fast_norm_window(dtype):
+    # Rows whose sum of squares lies within 2^+-40 take the one-pass norm; beyond it, the scaled path.
+    # Rows on both sides of both edges, in one call and mixed within a set, against the float64 twin.
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(2, 9, 32, generator=g), torch.randn(2, 7, 32, generator=g)
+    for t in (x, y):
+        t /= t.norm(dim=-1, keepdim=True)
+    sx = torch.tensor([2.0 ** e for e in (-30, -21, -20, -19.9, 0, 19.9, 20, 20.1, 31)])
+    sy = torch.tensor([2.0 ** e for e in (-20.1, -20, -19.9, 5, 19.9, 20, 20.1)])
+    x, y = (x * sx[:, None]).to(dtype), (y * sy[:, None]).to(dtype)
+    want = ff.patch_cost(x.double(), y.double(), impl="torch").float()
+    torch.testing.assert_close(ff.patch_cost(x, y, impl="cpu"), want, atol=2e-6, rtol=0)
+
+
 def test_zero_and_tiny_patches_keep_the_norm_floor():
     # Norms below 1e-12 count as 1e-12: a zero patch costs 1 to everything, a 1e-15 patch almost 1.
     x = torch.zeros(1, 2, 4)

@@ -89,7 +89,23 @@ def test_trains_on_synthfaces_and_an_image_folder(tmp_path):
     assert out["step"] == 2 and out["model"].cfg.n_identities == 3
 
 
-@pytest.mark.parametrize("kw, match", [(dict(image_size=24), "power of two"), (dict(optimizer="lbfgs"), "optimizer"),
+def test_the_adversary_learns_at_its_own_rate(tmp_path):
+    # adversary_lr_scale: the P classifier in a parameter group of its own, every other parameter at lr.
+    cfg = D2AETrainConfig(**TINY, adversary_lr_scale=10.0)
+    t = fit(D2AETrainer, cfg, tmp_path, progress=False, stop_after=0, data=data())
+    groups = t.optimizers["adam"].param_groups
+    adversary = {id(p) for p in t.model.classifier_p.parameters()}
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-2)]
+    assert {id(p) for p in groups[1]["params"]} == adversary
+    assert {id(p) for p in groups[0]["params"]} | adversary == {id(p) for p in t.model.parameters()}
+    before = {k: v.clone() for k, v in t.model.classifier_p.state_dict().items()}
+    t.train_step({"image": data(4, seed=3)[0], "identity": torch.arange(4)})
+    step = (t.model.classifier_p.weight - before["weight"]).abs().max().item()
+    assert step == pytest.approx(1e-2, rel=0.05)   # Adam's first step moves each weight by ~lr
+
+
+@pytest.mark.parametrize("kw, match", [(dict(image_size=24), "power of two"),
+                                       (dict(adversary_lr_scale=0.0), "adversary_lr_scale"), (dict(optimizer="lbfgs"), "optimizer"),
                                        (dict(lambda_p=-1.0), "lambda_p"), (dict(lr=0.0), "lr must be > 0"),
                                        (dict(n_samples=0), "n_samples")])
 def test_bad_config(kw, match):
