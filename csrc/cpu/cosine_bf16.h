@@ -64,18 +64,20 @@ inline void pack_query(const Bf16* X, int64_t n, int64_t C, PackedQuery& q) {  /
 
 // t[r * ldt + (0..kNR)] = sum_c y[r * C + c] * panel column, r < MR, from bf16 pairs.
 template <int MR>
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void micro_kernel(
+__attribute__((target("avx512f,avx512bw,avx512bf16"), noinline)) void micro_kernel(
     const uint16_t* __restrict y, int64_t C, const uint16_t* __restrict panel, float* __restrict t,
     int64_t ldt, const gemm::TileScale& sc) {
   __m512 acc[MR][kNV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
+  const uint16_t* rows[MR];  // one pointer per row: no strides re-read in the loop (gemm::micro_kernel)
+  for (int r = 0; r < MR; ++r) rows[r] = y + r * C;
   for (int64_t k2 = 0; k2 < C / 2; ++k2) {
     __m512i b[kNV];
     for (int v = 0; v < kNV; ++v) b[v] = _mm512_loadu_si512(panel + k2 * kNR * 2 + v * 32);
     for (int r = 0; r < MR; ++r) {
       uint32_t w;
-      std::memcpy(&w, y + r * C + 2 * k2, 4);
+      std::memcpy(&w, rows[r] + 2 * k2, 4);
       const __m512i s = _mm512_set1_epi32(int(w));
       for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)s, (__m512bh)b[v]);
     }
@@ -121,28 +123,35 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline bool cosines(
   w.norm.resize(m);
   w.finite = true;
   const uint16_t* y = reinterpret_cast<const uint16_t*>(Y);
+  // The largest |y| from the bits (exponent field), then |y|^2 with the dot products themselves:
+  // exact products, float32 sums, no overflow or underflow inside 2^+-60. Every row's sum first,
+  // then the norms (no per-row chain of a sum, a square root and a division to wait on).
   for (int64_t j = 0; j < m; ++j) {
-    // The largest |y| from the bits (exponent field), then |y|^2 with the dot products themselves:
-    // exact products, float32 sums, no overflow or underflow inside 2^+-60.
     const uint16_t* row = y + j * C;
-    uint16_t largest = largest_magnitude_bits(row, C);
+    const uint16_t largest = largest_magnitude_bits(row, C);
     if (largest >= 0x7f80u) w.finite = false;  // inf or NaN: flagged, and the float32 path runs
     const int e = int(largest >> 7) - 126;     // largest < 2^e
     if (largest != 0 && (e <= -60 || e >= 60 || largest >= 0x7f80u)) return false;
-    __m512 sq = _mm512_setzero_ps();
+    __m512 sq0 = _mm512_setzero_ps(), sq1 = _mm512_setzero_ps();
     int64_t c = 0;
+    for (; c + 64 <= C; c += 64) {
+      const __m512i v0 = _mm512_loadu_si512(row + c), v1 = _mm512_loadu_si512(row + c + 32);
+      sq0 = _mm512_dpbf16_ps(sq0, (__m512bh)v0, (__m512bh)v0);
+      sq1 = _mm512_dpbf16_ps(sq1, (__m512bh)v1, (__m512bh)v1);
+    }
     for (; c + 32 <= C; c += 32) {
       const __m512i v = _mm512_loadu_si512(row + c);
-      sq = _mm512_dpbf16_ps(sq, (__m512bh)v, (__m512bh)v);
+      sq0 = _mm512_dpbf16_ps(sq0, (__m512bh)v, (__m512bh)v);
     }
-    simd::vf sqv;
-    std::memcpy(&sqv, &sq, sizeof sqv);
-    double s = simd::hsum(sqv);
+    double s = _mm512_reduce_add_ps(_mm512_add_ps(sq0, sq1));
     for (; c < C; ++c) {
       const double v = gemm::bits_to_float(uint32_t(row[c]) << 16);
       s += v * v;
     }
-    w.norm[j] = std::max(std::sqrt(s), kNormFloor);
+    w.norm[j] = s;
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    w.norm[j] = std::max(std::sqrt(w.norm[j]), kNormFloor);
     ys[j] = float(1.0 / w.norm[j]);
   }
   float* t = w.t.get(m * npad);
