@@ -5,6 +5,7 @@ Fig. 8 Gaussianity statistic, Fig. 4 t-SNE and the editing figures (Fig. 9-10 st
     python bench/d2ae_experiments.py train --out runs/d2ae        # 5 runs at once, 1 thread each, nice'd
     python bench/d2ae_experiments.py eval --out runs/d2ae         # tables -> runs/d2ae/results.{json,md}
     python bench/d2ae_experiments.py figures --out runs/d2ae --figures docs/figures
+    python bench/d2ae_experiments.py floor --out runs/d2ae         # the probe on pixels / an untrained D²AE
     (--size 64: the 64 px set-up; --runs strong_adversary strong_confusion: the stronger-adversary runs)
 
 Rerunning `train` resumes unfinished runs (the shared loop's last.pt) and skips finished ones.
@@ -143,6 +144,35 @@ def evaluate(out, names, partial=False):
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(results, fh)
     return results
+
+
+def probe_floor(out):
+    """What the fresh identity probe finds in features nobody trained: pooled pixels and an untrained
+    D²AE (the set-up's architecture, seed 0) -> OUT/probe_floor.json."""
+    import torch
+    import torch.nn.functional as F
+
+    from fastface.eval import d2ae as ev
+    from fastface.models.d2ae import D2AE, D2AEConfig
+    from fastface.train.d2ae import render_synthfaces
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = render_synthfaces(EVAL["n_identities"], EVAL["images_per_identity"], COMMON["image_size"],
+                             seed=EVAL["seed"])
+    torch.manual_seed(0)
+    arch = {k: COMMON[k] for k in ("image_size", "width", "branch_width", "decoder_width", "feature_dim")}
+    model = D2AE(D2AEConfig(n_identities=COMMON["n_identities"], **arch)).eval()
+    feats = ev.extract_features(model, data["images"])
+    rows = {"pixels pooled to 8x8": F.adaptive_avg_pool2d(data["images"], 8).flatten(1),
+            "untrained f_T": feats["t"], "untrained f_P": feats["p"]}
+    res = {name: {"probe": ev.identity_probe(f, data["identities"]), "verification": ev.verification(f, data["identities"])}
+           for name, f in rows.items()}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "probe_floor.json"), "w") as fh:
+        json.dump(res, fh)
+    for name, r in res.items():
+        print(f"{name}: fresh probe {100 * r['probe']['accuracy']:.1f} % (chance {100 * r['probe']['chance']:.1f} %), "
+              f"verification {100 * r['verification']['accuracy']:.1f} %")
+    return res
 
 
 def _mean(values):
@@ -346,7 +376,7 @@ def figures(out, fig_dir):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("job", choices=["train", "eval", "figures"])
+    ap.add_argument("job", choices=["train", "eval", "figures", "floor"])
     ap.add_argument("--out", default="runs/d2ae")
     ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, choices=list(RUNS))
     ap.add_argument("--size", type=int, default=32, choices=sorted(SIZES), help="image size of the set-up")
@@ -360,6 +390,8 @@ def main(argv=None):
     elif args.job == "eval":
         evaluate(args.out, args.runs, args.partial)
         report(args.out)
+    elif args.job == "floor":
+        probe_floor(args.out)
     else:
         figures(args.out, args.figures)
     return 0

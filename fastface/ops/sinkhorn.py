@@ -8,7 +8,7 @@ from .. import _backend as be
 from .._checks import (SINKHORN_MODES, check_bool, check_int, check_same_device, check_solver_args,
                        check_tensor, check_weights)
 from ..reference import accumulation_dtype, sinkhorn_ref
-from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, reduce_cost
+from ..reference.sinkhorn import AUTO, KERNEL, LOG, OFFICIAL, cost_shifts, reduce_cost
 from .kernel_limits import cuda_sinkhorn_needs_plan
 
 MODES = dict(zip(SINKHORN_MODES, (AUTO, KERNEL, LOG, OFFICIAL)))
@@ -120,7 +120,7 @@ class _SinkhornFn(torch.autograd.Function):
         if mode == OFFICIAL:
             ctx.save_for_backward(cost, a, b, out["plan"], None)
         else:  # the kernels return potentials of Cr; the public ones are those of C
-            _, alpha, beta = reduce_cost(cost.detach())
+            alpha, beta = cost_shifts(cost.detach())   # the shifts alone: Cr is not needed here
             ctx.save_for_backward(cost, a, b, out["f"], out["g"])
             f, g = out["f"] + alpha, out["g"] + beta
         ctx.mark_non_differentiable(out["n_iter"], out["converged"])

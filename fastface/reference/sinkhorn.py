@@ -28,10 +28,15 @@ def _all_done(active, it):
     return not bool(active.any())
 
 
+def cost_shifts(cost):
+    """Return (alpha (P, n), beta (P, m)): the row minima of cost, then the column minima of cost - alpha_i."""
+    alpha = cost.amin(-1)
+    return alpha, (cost - alpha.unsqueeze(-1)).amin(-2)
+
+
 def reduce_cost(cost):
     """Return (Cr, alpha (P, n), beta (P, m)) with Cr = cost - alpha_i - beta_j >= 0."""
-    alpha = cost.amin(-1)
-    beta = (cost - alpha.unsqueeze(-1)).amin(-2)
+    alpha, beta = cost_shifts(cost)
     return cost - alpha.unsqueeze(-1) - beta.unsqueeze(-2), alpha, beta
 
 
