@@ -190,16 +190,31 @@ def test_faces_lay_maps_out_once_and_are_not_revalidated(gen, monkeypatch):
 
 
 def test_finite_check_works_in_chunks(monkeypatch):
+    # A finite sum settles it in one pass; a non-finite sum (NaN / inf, or finite values overflowing the
+    # sum) takes the exact check, in chunks. Both on a non-contiguous tensor.
     from fastface._checks import check_all_finite
     t = torch.zeros(64, 10, 8).transpose(1, 2)                          # non-contiguous
     seen = []
     real = torch.isfinite
     monkeypatch.setattr(torch, "isfinite", lambda x: seen.append(x.numel()) or real(x))
     check_all_finite("patches", t, chunk_elements=200)
-    assert max(seen) <= 200 and sum(seen) == t.numel()
-    t[40, 3, 1] = float("nan")
-    with pytest.raises(ValueError, match="patches contains NaN or inf"):
-        check_all_finite("patches", t, chunk_elements=200)
+    assert seen == [1]                                                  # the sum only
+    t.fill_(3e38)                                                       # finite, but the sum overflows
+    seen.clear()
+    check_all_finite("patches", t, chunk_elements=200)
+    assert seen[0] == 1 and max(seen[1:]) <= 200 and sum(seen[1:]) == t.numel()
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for fill in (0.0, 3e38):
+            t.fill_(fill)
+            t[40, 3, 1] = bad
+            with pytest.raises(ValueError, match="patches contains NaN or inf"):
+                check_all_finite("patches", t, chunk_elements=200)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):       # half sums in float32
+        h = torch.full((50, 7), 60000.0 if dtype == torch.float16 else 1.0, dtype=dtype)
+        check_all_finite("patches", h)
+        h[3, 2] = float("nan")
+        with pytest.raises(ValueError, match="patches contains NaN or inf"):
+            check_all_finite("patches", h)
 
 
 def test_tuple_gallery_checks_only_the_candidates_patches(gen):
