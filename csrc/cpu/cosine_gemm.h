@@ -80,11 +80,6 @@ inline float sum_of_squares(const float* row, int64_t C) {
   return s;
 }
 
-// norm = max(||row||, kNormFloor) in double, and an exponent e such that the row scaled by 2^-e
-// (exact) is safe in raw float dot products: e = 0 for rows of sum of squares within 2^+-40 (the
-// common case, one multiply-add per element), else max|row| = f * 2^e, f in [0.5, 1) (0 for a zero
-// row). Free of overflow and underflow for every finite float row. Returns whether the row is
-// finite (0 * v is NaN exactly for a NaN or inf v).
 // The one-pass case of row_norm from the row's sum_of_squares s: false (nothing set) outside 2^+-40.
 inline bool window_norm(float s, double& norm, int& e) {
   if (!(s >= 0x1p-40f && s <= 0x1p40f)) return false;  // NaN and inf included
@@ -95,6 +90,11 @@ inline bool window_norm(float s, double& norm, int& e) {
 
 inline bool row_norm_scaled(const float* row, int64_t C, double& norm, int& e);
 
+// norm = max(||row||, kNormFloor) in double, and an exponent e such that the row scaled by 2^-e
+// (exact) is safe in raw float dot products: e = 0 for rows of sum of squares within 2^+-40 (the
+// common case, one multiply-add per element), else max|row| = f * 2^e, f in [0.5, 1) (0 for a zero
+// row). Free of overflow and underflow for every finite float row. Returns whether the row is
+// finite (0 * v is NaN exactly for a NaN or inf v).
 inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
   return window_norm(sum_of_squares(row, C), norm, e) || row_norm_scaled(row, C, norm, e);
 }
@@ -345,8 +345,9 @@ inline void cosines(const PackedQuery& q, const In* Yin, int64_t m, CandidateWor
   }
 }
 
-// max(||mean of the rows||, kNormFloor) of X (len, C) whose rows' largest |x| are below 2^ex[t]:
-// rows scaled by one power of two (exact) so that float sums cannot overflow; acc holds C floats.
+// max(||mean of the rows||, kNormFloor) of X (len, C) with row_norm's exponents ex (each row's
+// largest |x| below 2^ex[t], or below 2^20 where ex[t] = 0): rows scaled by one power of two (exact)
+// so that float sums cannot overflow; acc holds C floats.
 inline double mean_norm(const float* X, int64_t len, int64_t C, const std::vector<int>& ex,
                         simd::Buffer& acc_buf) {
   int E = -1000;
