@@ -6,6 +6,7 @@ Fig. 8 Gaussianity statistic, Fig. 4 t-SNE and the editing figures (Fig. 9-10 st
     python bench/d2ae_experiments.py eval --out runs/d2ae         # tables -> runs/d2ae/results.{json,md}
     python bench/d2ae_experiments.py figures --out runs/d2ae --figures docs/figures
     python bench/d2ae_experiments.py floor --out runs/d2ae         # the probe on pixels / an untrained D²AE
+    python bench/d2ae_experiments.py leakage --out runs/d2ae       # the leakage goal on five held-out sets
     (--size 64: the 64 px set-up; --runs strong_adversary strong_confusion: the stronger-adversary runs)
 
 Rerunning `train` resumes unfinished runs (the shared loop's last.pt) and skips finished ones.
@@ -172,6 +173,65 @@ def probe_floor(out):
     for name, r in res.items():
         print(f"{name}: fresh probe {100 * r['probe']['accuracy']:.1f} % (chance {100 * r['probe']['chance']:.1f} %), "
               f"verification {100 * r['verification']['accuracy']:.1f} %")
+    return res
+
+
+LEAK_SEEDS = (10007, 10009, 10037, 10039, 10061)  # five held-out sets of EVAL's size (the first is EVAL's)
+
+
+def leakage(out, names):
+    """The leakage goal with its statistics: on five held-out sets (200 identities x 5 images each), the
+    fresh probe on f_P (pooled correct / tested, one-sided binomial test against chance) and f_T's
+    verification accuracy, paired with the baseline's on the same sets -> OUT/leakage.json."""
+    import numpy as np
+    import torch
+    from scipy.stats import binomtest
+
+    from fastface.eval import d2ae as ev
+    from fastface.train.d2ae import render_synthfaces
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    sets = [render_synthfaces(EVAL["n_identities"], EVAL["images_per_identity"], COMMON["image_size"], seed=s)
+            for s in LEAK_SEEDS]
+    res = {"seeds": LEAK_SEEDS, "runs": {}}
+    for name in names:
+        model, step = load_run(out, name)
+        r = {"step": step, "verification_t": [], "probe_p": [], "probe_t": []}
+        for data in sets:
+            feats = ev.extract_features(model, data["images"])
+            r["verification_t"].append(ev.verification(feats["t"], data["identities"])["accuracy"])
+            r["probe_t"].append(ev.identity_probe(feats["t"], data["identities"]))
+            if feats["p"] is not None:
+                r["probe_p"].append(ev.identity_probe(feats["p"], data["identities"]))
+        if r["probe_p"]:
+            correct = sum(round(p["accuracy"] * p["n_test"]) for p in r["probe_p"])
+            tested = sum(p["n_test"] for p in r["probe_p"])
+            chance = r["probe_p"][0]["chance"]
+            r["pooled_p"] = {"correct": correct, "tested": tested, "accuracy": correct / tested, "chance": chance,
+                             "p_value": binomtest(correct, tested, chance, alternative="greater").pvalue}
+        res["runs"][name] = r
+        print(f"{name}: done", flush=True)
+    base = res["runs"].get("baseline")
+    lines = [f"Leakage over {len(LEAK_SEEDS)} held-out sets of {EVAL['n_identities']} identities x "
+             f"{EVAL['images_per_identity']} images ({COMMON['image_size']} px); probe: 3 images per identity, "
+             f"tested on 2; p: one-sided binomial test of the pooled probe hits against chance.", "",
+             "| run | f_P probe, pooled | p (vs chance) | f_T verification, mean ± sd | f_T - baseline (paired) |",
+             "|---|---|---|---|---|"]
+    for name, r in res["runs"].items():
+        v = np.array(r["verification_t"]) * 100
+        pp = r.get("pooled_p")
+        probe = f"{100 * pp['accuracy']:.2f} % ({pp['correct']} / {pp['tested']})" if pp else "–"
+        pv = f"{pp['p_value']:.2g}" if pp else "–"
+        diff = "–"
+        if base is not None and name != "baseline":
+            d = v - np.array(base["verification_t"]) * 100
+            diff = f"{d.mean():+.2f} ± {d.std(ddof=1):.2f}"
+        lines.append(f"| {name} | {probe} | {pv} | {v.mean():.2f} ± {v.std(ddof=1):.2f} | {diff} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "leakage.json"), "w") as fh:
+        json.dump(res, fh)
+    with open(os.path.join(out, "leakage.md"), "w") as fh:
+        fh.write(text)
+    print(text)
     return res
 
 
@@ -376,7 +436,7 @@ def figures(out, fig_dir):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("job", choices=["train", "eval", "figures", "floor"])
+    ap.add_argument("job", choices=["train", "eval", "figures", "floor", "leakage"])
     ap.add_argument("--out", default="runs/d2ae")
     ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, choices=list(RUNS))
     ap.add_argument("--size", type=int, default=32, choices=sorted(SIZES), help="image size of the set-up")
@@ -392,6 +452,8 @@ def main(argv=None):
         report(args.out)
     elif args.job == "floor":
         probe_floor(args.out)
+    elif args.job == "leakage":
+        leakage(args.out, args.runs)
     else:
         figures(args.out, args.figures)
     return 0
