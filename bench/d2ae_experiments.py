@@ -195,11 +195,10 @@ def leakage(out, names):
     res = {"seeds": LEAK_SEEDS, "runs": {}}
     for name in names:
         model, step = load_run(out, name)
-        r = {"step": step, "verification_t": [], "probe_p": [], "probe_t": []}
+        r = {"step": step, "verification_t": [], "probe_p": []}
         for data in sets:
             feats = ev.extract_features(model, data["images"])
             r["verification_t"].append(ev.verification(feats["t"], data["identities"])["accuracy"])
-            r["probe_t"].append(ev.identity_probe(feats["t"], data["identities"]))
             if feats["p"] is not None:
                 r["probe_p"].append(ev.identity_probe(feats["p"], data["identities"]))
         if r["probe_p"]:

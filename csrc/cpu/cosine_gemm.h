@@ -88,17 +88,6 @@ inline bool window_norm(float s, double& norm, int& e) {
   return true;
 }
 
-inline bool row_norm_scaled(const float* row, int64_t C, double& norm, int& e);
-
-// norm = max(||row||, kNormFloor) in double, and an exponent e such that the row scaled by 2^-e
-// (exact) is safe in raw float dot products: e = 0 for rows of sum of squares within 2^+-40 (the
-// common case, one multiply-add per element), else max|row| = f * 2^e, f in [0.5, 1) (0 for a zero
-// row). Free of overflow and underflow for every finite float row. Returns whether the row is
-// finite (0 * v is NaN exactly for a NaN or inf v).
-inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
-  return window_norm(sum_of_squares(row, C), norm, e) || row_norm_scaled(row, C, norm, e);
-}
-
 // row_norm for any row, from its largest |x|.
 inline bool row_norm_scaled(const float* row, int64_t C, double& norm, int& e) {
   vf big0 = vf{}, big1 = vf{}, sq0 = vf{}, sq1 = vf{}, zero = vf{};
@@ -141,6 +130,15 @@ inline bool row_norm_scaled(const float* row, int64_t C, double& norm, int& e) {
   }
   norm = std::max(std::sqrt(s), kNormFloor);
   return true;
+}
+
+// norm = max(||row||, kNormFloor) in double, and an exponent e such that the row scaled by 2^-e
+// (exact) is safe in raw float dot products: e = 0 for rows of sum of squares within 2^+-40 (the
+// common case, one multiply-add per element), else max|row| = f * 2^e, f in [0.5, 1) (0 for a zero
+// row). Free of overflow and underflow for every finite float row. Returns whether the row is
+// finite (0 * v is NaN exactly for a NaN or inf v).
+inline bool row_norm(const float* row, int64_t C, double& norm, int& e) {
+  return window_norm(sum_of_squares(row, C), norm, e) || row_norm_scaled(row, C, norm, e);
 }
 
 // dst = src * 2^-e (exact: a power of two), for any e row_norm returns (2^-e may overflow a float

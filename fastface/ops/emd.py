@@ -22,7 +22,7 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     """
     check_solver_args(eps, max_iter, tol, mode)
     check_bool("return_plan", return_plan)
-    check_patch_pair(x, y)
+    batch = check_patch_pair(x, y)
     validate_weighting(weighting, x, y, x_embedding, y_embedding, x_landmarks, y_landmarks, grid)
     if x.dtype != y.dtype:  # mixed dtypes: both to float64 if either is, else float32
         acc = accumulation_dtype(x, y)
@@ -31,7 +31,7 @@ def emd(x, y, *, weighting="apc", eps=0.05, max_iter=100, tol=1e-6, mode="auto",
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     n, m = x.shape[-2], y.shape[-2]
     if not grad and weighting in FUSED_WEIGHTINGS and fused_ok(impl, mode, x.dtype, n, m, x.device):
-        xf, yf, rep, batch = flatten_pairs(x, y)
+        xf, yf, rep, batch = flatten_pairs(x, y, batch)
         out = emd_pairs(xf, yf, None, weighting, eps, max_iter, tol, MODES[mode], return_plan, impl)
         if not return_plan:
             return out["emd"].reshape(batch)
